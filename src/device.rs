@@ -1,0 +1,298 @@
+//! CUDA device runtime: context, stream, lazily loaded kernel modules.
+//!
+//! Nothing here panics on a machine without a GPU: [`driver_available`] checks
+//! for libcuda before the first driver call (cudarc's dynamic loading would
+//! otherwise panic), and [`device_count`] reports zero devices as
+//! [`Error::NoDevice`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::nvrtc::Ptx;
+
+use crate::kernels::{self, ModuleSource};
+use crate::{Error, Result};
+
+/// Checks that the CUDA driver library can be loaded. Call before any driver
+/// call; every constructor in this module does.
+pub fn driver_available() -> Result<()> {
+    // SAFETY: `is_culib_present` only tries to dlopen libcuda by its usual
+    // names and drops the handle; it calls no CUDA function.
+    if unsafe { sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(Error::NoDriver)
+    }
+}
+
+/// The number of CUDA devices the driver reports. `Err(NoDriver)` without
+/// libcuda; `Ok(0)` is possible (use [`Device::open`] to get `NoDevice`).
+pub fn device_count() -> Result<usize> {
+    driver_available()?;
+    cudarc::driver::result::init().map_err(|e| Error::driver("cuInit", e))?;
+    let n = CudaContext::device_count().map_err(|e| Error::driver("cuDeviceGetCount", e))?;
+    Ok(n.max(0) as usize)
+}
+
+/// The CUDA driver's version as `(major, minor)`, e.g. `(13, 0)`.
+pub fn driver_version() -> Result<(i32, i32)> {
+    driver_available()?;
+    let mut v: std::ffi::c_int = 0;
+    // SAFETY: the driver library is present (checked above) and the out
+    // pointer is a valid, live c_int.
+    let status = unsafe { sys::cuDriverGetVersion(&mut v) };
+    if status != sys::CUresult::CUDA_SUCCESS {
+        return Err(Error::driver(
+            "cuDriverGetVersion",
+            cudarc::driver::DriverError(status),
+        ));
+    }
+    Ok((v / 1000, (v % 1000) / 10))
+}
+
+/// What a device is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Device ordinal.
+    pub ordinal: usize,
+    /// Marketing name, e.g. "NVIDIA H200".
+    pub name: String,
+    /// Compute capability `(major, minor)`.
+    pub compute_capability: (i32, i32),
+    /// Total device memory, bytes.
+    pub total_memory: usize,
+    /// Free device memory at the time of the query, bytes.
+    pub free_memory: usize,
+    /// Driver version `(major, minor)`.
+    pub driver_version: (i32, i32),
+    /// The embedded PTX target this device runs.
+    pub ptx_target: Option<&'static str>,
+}
+
+impl std::fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cuda:{} {} (compute {}.{}), {:.1} GiB total, {:.1} GiB free, driver {}.{}, kernels: {}",
+            self.ordinal,
+            self.name,
+            self.compute_capability.0,
+            self.compute_capability.1,
+            self.total_memory as f64 / (1u64 << 30) as f64,
+            self.free_memory as f64 / (1u64 << 30) as f64,
+            self.driver_version.0,
+            self.driver_version.1,
+            self.ptx_target.unwrap_or("none"),
+        )
+    }
+}
+
+/// Whether a [`Device`]'s stream was created by it or handed in by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamOwnership {
+    /// Created by smarttrim (destroyed when the last handle goes).
+    Owned,
+    /// Supplied by the caller; smarttrim never destroys or synchronizes the
+    /// whole device on its behalf.
+    Borrowed,
+}
+
+/// A CUDA context, the stream smarttrim enqueues on, and a cache of the
+/// kernel modules and functions loaded so far (modules load on first use).
+pub struct Device {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    ownership: StreamOwnership,
+    cc: (i32, i32),
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("ordinal", &self.ctx.ordinal())
+            .field("compute_capability", &self.cc)
+            .field("stream", &self.ownership)
+            .finish()
+    }
+}
+
+impl Device {
+    /// Opens device `ordinal` on its primary context (shared with any other
+    /// runtime API user in the process) with a new stream of its own.
+    pub fn open(ordinal: usize) -> Result<Self> {
+        let n = device_count()?;
+        if n == 0 {
+            return Err(Error::NoDevice(
+                "the driver reports no CUDA devices on this machine".into(),
+            ));
+        }
+        if ordinal >= n {
+            return Err(Error::NoDevice(format!(
+                "device {ordinal} asked for, but only {n} device(s) present"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| Error::driver(format!("opening device {ordinal}"), e))?;
+        Self::on_context(ctx)
+    }
+
+    /// Uses an existing context (for example one the caller's CUDA stack
+    /// created) with a new stream of its own.
+    pub fn on_context(ctx: Arc<CudaContext>) -> Result<Self> {
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| Error::driver("creating a stream", e))?;
+        Self::build(ctx, stream, StreamOwnership::Owned)
+    }
+
+    /// Uses an existing context and a stream the caller owns; all work is
+    /// enqueued on that stream, ordered with the caller's own work on it.
+    pub fn with_stream(stream: Arc<CudaStream>) -> Result<Self> {
+        let ctx = stream.context().clone();
+        Self::build(ctx, stream, StreamOwnership::Borrowed)
+    }
+
+    fn build(
+        ctx: Arc<CudaContext>,
+        stream: Arc<CudaStream>,
+        ownership: StreamOwnership,
+    ) -> Result<Self> {
+        let cc = ctx
+            .compute_capability()
+            .map_err(|e| Error::driver("querying the compute capability", e))?;
+        Ok(Device {
+            ctx,
+            stream,
+            ownership,
+            cc,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The CUDA context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream all of smarttrim's work on this device is enqueued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Whether the stream is smarttrim's own or the caller's.
+    pub fn stream_ownership(&self) -> StreamOwnership {
+        self.ownership
+    }
+
+    /// Compute capability `(major, minor)`.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.cc
+    }
+
+    /// Name, compute capability, memory and driver version.
+    pub fn info(&self) -> Result<DeviceInfo> {
+        let name = self
+            .ctx
+            .name()
+            .map_err(|e| Error::driver("cuDeviceGetName", e))?;
+        let total_memory = self
+            .ctx
+            .total_mem()
+            .map_err(|e| Error::driver("cuDeviceTotalMem", e))?;
+        let (free_memory, _) = self
+            .ctx
+            .mem_get_info()
+            .map_err(|e| Error::driver("cuMemGetInfo", e))?;
+        let ptx_target = kernels::module_names()
+            .first()
+            .and_then(|m| kernels::select(m, self.cc).ok())
+            .map(|m| m.target);
+        Ok(DeviceInfo {
+            ordinal: self.ctx.ordinal(),
+            name,
+            compute_capability: self.cc,
+            total_memory,
+            free_memory,
+            driver_version: driver_version()?,
+            ptx_target,
+        })
+    }
+
+    /// Blocks until all work enqueued on this device's stream has finished.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| Error::driver("stream synchronize", e))
+    }
+
+    /// The embedded module source this device would load for `module`.
+    pub fn module_source(&self, module: &str) -> Result<&'static ModuleSource> {
+        kernels::select(module, self.cc)
+    }
+
+    /// Loads (once) the module `module` and returns its kernel `name`.
+    /// A name the module lacks gives [`Error::MissingKernel`].
+    pub fn function(&self, module: &str, name: &str) -> Result<CudaFunction> {
+        let src = self.module_source(module)?;
+        let key = (src.name, name.to_string());
+        if let Some(f) = lock(&self.functions).get(&key) {
+            return Ok(f.clone());
+        }
+        let m = {
+            let mut modules = lock(&self.modules);
+            match modules.get(src.name) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = self
+                        .ctx
+                        .load_module(Ptx::from_src(src.ptx))
+                        .map_err(|e| {
+                            Error::driver(
+                                format!("loading PTX module `{}` ({})", src.name, src.target),
+                                e,
+                            )
+                        })?;
+                    modules.insert(src.name, m.clone());
+                    m
+                }
+            }
+        };
+        if !kernels::ptx_entries(src.ptx).iter().any(|e| e == name) {
+            return Err(Error::MissingKernel {
+                module: src.name.to_string(),
+                name: name.to_string(),
+            });
+        }
+        let f = m.load_function(name).map_err(|_| Error::MissingKernel {
+            module: src.name.to_string(),
+            name: name.to_string(),
+        })?;
+        lock(&self.functions).insert(key, f.clone());
+        Ok(f)
+    }
+
+    /// Checks for an asynchronous launch error. In debug builds it also
+    /// synchronizes the stream, so a faulting kernel is reported at its launch
+    /// (`what`) rather than at some later call; release builds only poll the
+    /// context's sticky error state, which costs no wait.
+    pub fn check_launch(&self, what: &str) -> Result<()> {
+        if cfg!(debug_assertions) {
+            self.stream
+                .synchronize()
+                .map_err(|e| Error::driver(format!("after launching {what}"), e))?;
+        }
+        self.ctx
+            .check_err()
+            .map_err(|e| Error::driver(format!("after launching {what}"), e))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned cache only means another thread panicked mid-insert; the map
+    // itself is still consistent (inserts are single calls).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

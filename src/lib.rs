@@ -1,0 +1,21 @@
+//! smarttrim: the inference pass of adaptively pruned (SmartTrim) transformer
+//! encoders on NVIDIA GPUs, with an exact CPU reference.
+//!
+//! Layers, bottom up (dependencies point one way):
+//!
+//! - [`error`]: the one error type.
+//! - [`device`] and [`kernels`]: CUDA context, streams, the embedded PTX modules.
+//! - [`ops`]: safe wrappers around the hand-written kernels (validate, then launch).
+//! - [`spec`]: the model's description (config, weights, FLOPs), shared by both backends.
+//! - [`reference`]: the exact CPU pass (the semantics of DESIGN.md).
+//!
+//! See `README.md` for the command-line tool and `DESIGN.md` for the semantics.
+
+#![warn(missing_docs)]
+
+pub mod device;
+pub mod error;
+pub mod kernels;
+pub mod ops;
+
+pub use error::{Error, Result};

@@ -1,0 +1,47 @@
+//! Safe wrappers around the hand-written kernels: each validates its
+//! arguments (lengths, shapes, alignment, supported sizes) and returns an
+//! [`Error`](crate::Error) instead of launching on inconsistent input. All
+//! `unsafe` launch code of the crate lives in this module.
+
+pub mod layernorm;
+
+pub use layernorm::{layer_norm, layer_norm_ext, LayerNormExtras, LayerNormShape};
+
+use crate::{Error, Result};
+
+/// `have >= need` or an error naming the buffer.
+pub(crate) fn check_len(op: &'static str, name: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        Err(Error::invalid(
+            op,
+            format!("`{name}` holds {have} elements but {need} are needed"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// `rows` as the kernel's i32, checking `rows * d` also fits in i32 index
+/// arithmetic where kernels use it for per-row offsets within a sequence.
+pub(crate) fn rows_i32(op: &'static str, rows: usize, d: usize) -> Result<i32> {
+    let total = rows.checked_mul(d);
+    match (i32::try_from(rows), total) {
+        (Ok(r), Some(_)) => Ok(r),
+        _ => Err(Error::invalid(
+            op,
+            format!("rows = {rows} (x d = {d}) does not fit the kernel's 32-bit row count"),
+        )),
+    }
+}
+
+/// A device pointer must be `align`-byte aligned (0, meaning absent, passes).
+pub(crate) fn check_aligned(op: &'static str, name: &str, ptr: u64, align: u64) -> Result<()> {
+    if ptr % align != 0 {
+        Err(Error::invalid(
+            op,
+            format!("`{name}` at {ptr:#x} is not {align}-byte aligned (vector loads need it)"),
+        ))
+    } else {
+        Ok(())
+    }
+}
