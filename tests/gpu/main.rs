@@ -1,1 +1,9 @@
-//! GPU tests (filled in below).
+//! GPU tests: every kernel against the CPU reference. One integration-test
+//! target, one module per kernel family or model, so the GPU bundle carries a
+//! single executable.
+//!
+//! Without a usable GPU each test prints one line saying it was skipped and
+//! why, and passes; with `SMARTTRIM_REQUIRE_GPU=1` the same situation fails.
+
+mod common;
+mod layernorm;

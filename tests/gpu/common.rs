@@ -1,0 +1,107 @@
+//! Shared helpers for the GPU tests: device acquisition with the skip/require
+//! policy, seeded random data, NaN poisoning and error measures.
+
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use half::f16;
+use smarttrim::device::Device;
+use smarttrim::Error;
+
+/// Whether `SMARTTRIM_REQUIRE_GPU=1` is set: a missing GPU then fails tests.
+pub fn gpu_required() -> bool {
+    std::env::var("SMARTTRIM_REQUIRE_GPU").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// Why no GPU is usable, or None when one is. Computed once per process.
+fn unavailable() -> Option<String> {
+    static WHY: OnceLock<Option<String>> = OnceLock::new();
+    WHY.get_or_init(|| {
+        if let Err(e) = smarttrim::kernels::ensure_built() {
+            return Some(e.to_string());
+        }
+        match Device::open(0) {
+            Ok(_) => None,
+            Err(e @ (Error::NoDriver | Error::NoDevice(_))) => Some(e.to_string()),
+            Err(e) => Some(format!("opening device 0 failed: {e}")),
+        }
+    })
+    .clone()
+}
+
+/// Opens device 0 for a test, or returns None after printing why the test is
+/// skipped. Panics (fails the test) instead when the GPU is required.
+pub fn device(test: &str) -> Option<Device> {
+    if let Some(why) = unavailable() {
+        if gpu_required() {
+            panic!("{test}: SMARTTRIM_REQUIRE_GPU=1 but no GPU is usable: {why}");
+        }
+        println!("skipped {test}: no GPU: {why}");
+        return None;
+    }
+    Some(Device::open(0).expect("device 0 opened a moment ago"))
+}
+
+/// A small deterministic generator (SplitMix64) for test data.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Approximately standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f32 {
+        let u1 = self.uniform().max(1e-7);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+    }
+    pub fn normals(&mut self, n: usize, scale: f32, shift: f32) -> Vec<f32> {
+        (0..n).map(|_| self.normal() * scale + shift).collect()
+    }
+}
+
+/// Rounds through f16, so a CPU reference sees exactly the device's inputs.
+pub fn to_f16(v: &[f32]) -> Vec<f16> {
+    v.iter().map(|&x| f16::from_f32(x)).collect()
+}
+
+pub fn from_f16(v: &[f16]) -> Vec<f32> {
+    v.iter().map(|x| x.to_f32()).collect()
+}
+
+pub fn round_f16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| f16::from_f32(x).to_f32()).collect()
+}
+
+/// `||out - ref|| / ||ref||`, failing on any non-finite output element (an
+/// unwritten NaN-poisoned element shows up here).
+pub fn rel_err(out: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(out.len(), reference.len(), "length mismatch");
+    if let Some(i) = out.iter().position(|x| !x.is_finite()) {
+        panic!("output element {i} is {} (unwritten or overflowed)", out[i]);
+    }
+    let mut num = 0f64;
+    let mut den = 0f64;
+    for (&o, &r) in out.iter().zip(reference) {
+        num += (o as f64 - r as f64).powi(2);
+        den += (r as f64).powi(2);
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// A buffer of `n` f16 NaNs, so unwritten outputs are caught.
+pub fn nan_f16(n: usize) -> Vec<f16> {
+    vec![f16::NAN; n]
+}
