@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::io::Write as _;
 use std::sync::OnceLock;
 
 use half::f16;
@@ -37,7 +38,9 @@ pub fn device(test: &str) -> Option<Device> {
         if gpu_required() {
             panic!("{test}: SMARTTRIM_REQUIRE_GPU=1 but no GPU is usable: {why}");
         }
-        println!("skipped {test}: no GPU: {why}");
+        // Written to the stderr handle directly: libtest captures only the
+        // print!/eprint! macros, and this line must show in a normal run.
+        let _ = writeln!(std::io::stderr(), "skipped {test}: no GPU: {why}");
         return None;
     }
     Some(Device::open(0).expect("device 0 opened a moment ago"))

@@ -1,0 +1,15 @@
+//! Criterion benchmarks of the kernel families, one group per kernel, each
+//! measuring its baseline in the same run. Timing uses `iter_custom` with a
+//! device synchronisation inside the timed region. Without a usable GPU the
+//! groups print that they were skipped.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+
+mod common;
+
+fn layernorm(c: &mut Criterion) {
+    common::layernorm_group(c);
+}
+
+criterion_group!(benches, layernorm);
+criterion_main!(benches);
