@@ -21,6 +21,64 @@ pub struct LayerNormShape {
     pub eps: f32,
 }
 
+/// Element counts of the buffers handed to [`layer_norm_ext`], checked by
+/// [`LayerNormShape::validate`] before anything touches the device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LayerNormLens {
+    /// `x`.
+    pub x: usize,
+    /// `gamma`.
+    pub gamma: usize,
+    /// `beta`.
+    pub beta: usize,
+    /// `out`.
+    pub out: usize,
+    /// `residual`, when given.
+    pub residual: Option<usize>,
+    /// `rows_dev`, when given.
+    pub rows_dev: Option<usize>,
+}
+
+impl LayerNormShape {
+    /// Checks the shape and buffer sizes; the wrappers call this before any
+    /// device work, and it needs no GPU.
+    pub fn validate(&self, lens: &LayerNormLens) -> Result<()> {
+        let LayerNormShape { rows, d, eps } = *self;
+        if d == 0 || d % 8 != 0 {
+            return Err(Error::invalid(
+                OP,
+                format!("d = {d}: the row width must be a positive multiple of 8"),
+            ));
+        }
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(Error::invalid(
+                OP,
+                format!("eps = {eps}: must be positive and finite"),
+            ));
+        }
+        rows_i32(OP, rows, d)?;
+        let need = rows * d;
+        check_len(OP, "x", lens.x, need)?;
+        check_len(OP, "out", lens.out, need)?;
+        if lens.gamma != d || lens.beta != d {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "gamma has {} and beta {} elements; both must have exactly d = {d}",
+                    lens.gamma, lens.beta
+                ),
+            ));
+        }
+        if let Some(r) = lens.residual {
+            check_len(OP, "residual", r, need)?;
+        }
+        if let Some(n) = lens.rows_dev {
+            check_len(OP, "rows_dev", n, 1)?;
+        }
+        Ok(())
+    }
+}
+
 /// Mirror of `struct LayerNormShape` in `kernels/elementwise.cu`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -94,41 +152,15 @@ where
     R: DevicePtr<f16>,
     N: DevicePtr<i32>,
 {
+    shape.validate(&LayerNormLens {
+        x: x.len(),
+        gamma: gamma.len(),
+        beta: beta.len(),
+        out: out.len(),
+        residual: extras.residual.map(|r| r.len()),
+        rows_dev: extras.rows_dev.map(|n| n.len()),
+    })?;
     let LayerNormShape { rows, d, eps } = shape;
-    if d == 0 || d % 8 != 0 {
-        return Err(Error::invalid(
-            OP,
-            format!("d = {d}: the row width must be a positive multiple of 8"),
-        ));
-    }
-    if !(eps.is_finite() && eps > 0.0) {
-        return Err(Error::invalid(
-            OP,
-            format!("eps = {eps}: must be positive and finite"),
-        ));
-    }
-    let rows_c = rows_i32(OP, rows, d)?;
-    let need = rows * d;
-    check_len(OP, "x", x.len(), need)?;
-    check_len(OP, "out", out.len(), need)?;
-    check_len(OP, "gamma", gamma.len(), d)?;
-    check_len(OP, "beta", beta.len(), d)?;
-    if gamma.len() != d || beta.len() != d {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "gamma has {} and beta {} elements; both must have exactly d = {d}",
-                gamma.len(),
-                beta.len()
-            ),
-        ));
-    }
-    if let Some(r) = extras.residual {
-        check_len(OP, "residual", r.len(), need)?;
-    }
-    if let Some(n) = extras.rows_dev {
-        check_len(OP, "rows_dev", n.len(), 1)?;
-    }
     if rows == 0 {
         return Ok(());
     }
@@ -164,7 +196,7 @@ where
         check_aligned(OP, name, p, 16)?;
     }
     let params = LayerNormShapeC {
-        rows: rows_c,
+        rows: rows as i32,
         d: d as i32,
         eps,
     };

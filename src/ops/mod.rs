@@ -5,7 +5,7 @@
 
 pub mod layernorm;
 
-pub use layernorm::{layer_norm, layer_norm_ext, LayerNormExtras, LayerNormShape};
+pub use layernorm::{layer_norm, layer_norm_ext, LayerNormExtras, LayerNormLens, LayerNormShape};
 
 use crate::{Error, Result};
 
