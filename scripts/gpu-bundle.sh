@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Builds, on this machine (no GPU needed), everything a GPU machine without a
+# Rust toolchain needs to check and measure smarttrim: the release GPU test
+# executable, the always-run test executables, the kernel bench executable and
+# the CLI, stripped, with the PTX embedded, plus run.sh. Output: bundle/
+# (git-ignored; pass it to the device tool as `carry`).
+#
+#   scripts/gpu-bundle.sh [OUT_DIR]      default OUT_DIR: bundle
+#
+# On the GPU machine:  bundle/run.sh REPORT_DIR   (see bundle/run.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-bundle}"
+nvcc="$(scripts/setup-cuda.sh | tail -n 1)"
+export NVCC="${NVCC:-$nvcc}"
+export SMARTTRIM_REQUIRE_CUDA=1
+
+rm -rf "$out"
+mkdir -p "$out/bin"
+
+collect() {
+  # Reads cargo's JSON messages; prints "target_name<TAB>executable" per artifact.
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    kind = m["target"]["kind"][0]
+    if m["profile"]["test"] and kind in ("lib", "bin"):
+        kind = "unit"  # unit tests of the library or binary
+    print(m["target"]["name"] + "\t" + kind + "\t" + m["executable"])
+'
+}
+
+{
+  cargo test --release --no-run --message-format=json-render-diagnostics
+  cargo bench --no-run --message-format=json-render-diagnostics
+  cargo build --release --bins --message-format=json-render-diagnostics
+} | collect | sort -u | while IFS=$'\t' read -r name kind exe; do
+  case "$kind" in
+    test) dest="$out/bin/test-$name" ;;
+    bench) dest="$out/bin/bench-$name" ;;
+    bin) dest="$out/bin/$name" ;;
+    unit) dest="$out/bin/test-unit-$name" ;;
+    *) continue ;;
+  esac
+  cp "$exe" "$dest"
+  strip "$dest" 2>/dev/null || true
+done
+
+cp scripts/gpu-run.sh "$out/run.sh"
+[[ -f scripts/torch_baseline.py ]] && cp scripts/torch_baseline.py "$out/"
+git rev-parse HEAD >"$out/COMMIT" 2>/dev/null || echo unknown >"$out/COMMIT"
+git status --porcelain | grep -q . && echo "dirty" >>"$out/COMMIT" || true
+chmod +x "$out/run.sh"
+du -sh "$out"
+ls -la "$out/bin"
