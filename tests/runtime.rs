@@ -316,3 +316,39 @@ fn layernorm_wrapper_rejects_inconsistent_shapes() {
         }
     }
 }
+
+#[test]
+fn linear_wrapper_rejects_inconsistent_shapes() {
+    use smarttrim::ops::LinearShape;
+    let s = LinearShape {
+        rows: 40,
+        k: 768,
+        n: 2304,
+    };
+    s.validate(40 * 768, 2304 * 768, Some(2304), 40 * 2304)
+        .unwrap();
+    let bad = [
+        (s.validate(39 * 768, 2304 * 768, None, 40 * 2304), "`x`"),
+        (
+            s.validate(40 * 768, 2304 * 767, None, 40 * 2304),
+            "`weight`",
+        ),
+        (s.validate(40 * 768, 2304 * 768, None, 40), "`y`"),
+        (
+            s.validate(40 * 768, 2304 * 768, Some(768), 40 * 2304),
+            "bias",
+        ),
+        (
+            LinearShape { k: 100, ..s }.validate(40 * 100, 2304 * 100, None, 40 * 2304),
+            "multiples of 8",
+        ),
+        (
+            LinearShape { n: 0, ..s }.validate(40 * 768, 0, None, 0),
+            "positive",
+        ),
+    ];
+    for (r, needle) in bad {
+        let msg = r.expect_err(needle).to_string();
+        assert!(msg.contains(needle), "`{msg}` lacks `{needle}`");
+    }
+}

@@ -3,8 +3,10 @@
 //! [`Error`](crate::Error) instead of launching on inconsistent input. All
 //! `unsafe` launch code of the crate lives in this module.
 
+pub mod gemm;
 pub mod layernorm;
 
+pub use gemm::{Blas, Epilogue, LinearShape};
 pub use layernorm::{layer_norm, layer_norm_ext, LayerNormExtras, LayerNormLens, LayerNormShape};
 
 use crate::{Error, Result};

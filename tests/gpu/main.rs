@@ -6,4 +6,5 @@
 //! why, and passes; with `SMARTTRIM_REQUIRE_GPU=1` the same situation fails.
 
 mod common;
+mod gemm;
 mod layernorm;
