@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod device;
+pub mod embed;
 pub mod error;
 pub mod kernels;
 pub mod ops;
