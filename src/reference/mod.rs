@@ -12,9 +12,11 @@ pub mod compact;
 pub mod model;
 pub mod ops;
 pub mod pruner;
+pub mod synthetic;
 
 pub use attention::attention;
 pub use compact::{compact, Packed};
+pub use synthetic::synthetic_inputs;
 pub use model::{
     forward, ForwardOptions, HeadRecord, Inputs, LayerRecord, Outputs, StreamInput, StreamOutput,
 };
