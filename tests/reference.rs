@@ -754,3 +754,16 @@ fn meter_timing() {
         );
     }
 }
+
+#[test]
+fn formats_md_json_examples_parse() {
+    let doc = include_str!("../docs/FORMATS.md");
+    let mut n = 0;
+    for block in doc.split("```json").skip(1) {
+        let json = block.split("```").next().unwrap();
+        let c = ModelConfig::from_json(json).unwrap_or_else(|e| panic!("{e}\n{json}"));
+        Weights::random(&c, 0).unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 4);
+}
