@@ -683,6 +683,8 @@ pub fn forward(weights: &Weights, inputs: &Inputs, options: &ForwardOptions) -> 
                     )
                 })
                 .collect();
+            rec.self_heads = sh;
+            rec.cross_heads = ch;
             outs.push(Packed {
                 rows: y,
                 ..x.clone()
