@@ -51,7 +51,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
+
+/// Elements per independently seeded chunk in [`Weights::random`].
+const RANDOM_CHUNK: usize = 1 << 16;
 
 pub use super::config::KeepRule;
 use super::config::{EmbeddingConfig, ModelConfig, StreamConfig};
@@ -593,18 +597,26 @@ impl Weights {
     pub fn random(config: &ModelConfig, seed: u64) -> Result<Self> {
         let mut w = Weights::zeros(config)?;
         w.visit(&mut |name, shape, init, data| {
-            let mut rng = Rng::new(seed ^ fnv1a(name.as_bytes()));
+            let base = seed ^ fnv1a(name.as_bytes());
             let fan_in = shape.last().copied().unwrap_or(1).max(1) as f32;
-            for x in data.iter_mut() {
-                *x = match init {
-                    Init::Linear | Init::Bias | Init::Beta => 0.02 * rng.normal(),
-                    Init::Gamma => 1.0 + 0.02 * rng.normal(),
-                    Init::PrunerBeta => 0.5 * rng.normal(),
-                    Init::PrunerW1 => rng.normal() / fan_in.sqrt(),
-                    Init::PrunerW2 => 1.5 * rng.normal() / fan_in.sqrt(),
-                    Init::Const(c) => c,
-                };
-            }
+            // Fixed-size chunks, each with its own generator: the values do
+            // not depend on the number of threads.
+            data.par_chunks_mut(RANDOM_CHUNK)
+                .enumerate()
+                .for_each(|(ci, chunk)| {
+                    let mut rng =
+                        Rng::new(base.wrapping_add((ci as u64).wrapping_mul(0x9e37_79b9)));
+                    for x in chunk.iter_mut() {
+                        *x = match init {
+                            Init::Linear | Init::Bias | Init::Beta => 0.02 * rng.normal(),
+                            Init::Gamma => 1.0 + 0.02 * rng.normal(),
+                            Init::PrunerBeta => 0.5 * rng.normal(),
+                            Init::PrunerW1 => rng.normal() / fan_in.sqrt(),
+                            Init::PrunerW2 => 1.5 * rng.normal() / fan_in.sqrt(),
+                            Init::Const(c) => c,
+                        };
+                    }
+                });
         });
         Ok(w)
     }
