@@ -604,8 +604,7 @@ impl Weights {
             data.par_chunks_mut(RANDOM_CHUNK)
                 .enumerate()
                 .for_each(|(ci, chunk)| {
-                    let mut rng =
-                        Rng::new(base.wrapping_add((ci as u64).wrapping_mul(0x9e37_79b9)));
+                    let mut rng = Rng::new(Rng::new(base ^ ci as u64).next_u64());
                     for x in chunk.iter_mut() {
                         *x = match init {
                             Init::Linear | Init::Bias | Init::Beta => 0.02 * rng.normal(),
