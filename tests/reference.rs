@@ -875,3 +875,23 @@ fn hf_roberta_config_sets_position_offset() {
         Err(Error::Config(_))
     ));
 }
+
+#[test]
+fn inconsistent_weights_are_an_error_not_a_panic() {
+    let c = preset("tiny-meter").unwrap();
+    let mut w = Weights::random(&c, 2).unwrap();
+    w.check().unwrap();
+    w.streams[1].layers[2].ffn.fc1.weight.pop();
+    w.streams[0].layers[1].token_pruner = None;
+    let inputs = meter_inputs(&c, &[3], &[4], 1);
+    assert!(matches!(
+        forward(&w, &inputs, &ForwardOptions::default()),
+        Err(Error::Weights(_))
+    ));
+    let mut w = Weights::random(&c, 2).unwrap();
+    w.streams[1].layers[2].ffn.fc1.weight.pop();
+    match w.check() {
+        Err(Error::Weights(p)) => assert!(p[0].contains("image.layers.2.ffn.fc1.weight"), "{p:?}"),
+        other => panic!("{other:?}"),
+    }
+}
