@@ -6,4 +6,7 @@
 //! why, and passes; with `SMARTTRIM_REQUIRE_GPU=1` the same situation fails.
 
 mod common;
+mod compact;
+mod elementwise;
 mod layernorm;
+mod score;
