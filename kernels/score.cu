@@ -375,3 +375,39 @@ extern "C" __global__ void __launch_bounds__(PAIRS_THREADS)
     }
     if (threadIdx.x == 0) *count = carry;
 }
+
+// ---------------------------------------------------------------------------
+// score_dot_f16: the tail of the *unfused* scorer (baseline for benches, and
+// usable after any GEMM that wrote h = GELU(...) as [rows, hs] f16):
+// s_r = w2 . h_r + b2, flags as in score_rows_f16 but without keep_first
+// (the caller has no sequence structure here). One warp per row, 16-byte
+// loads. Floor: rows * hs * 2 bytes read.
+struct ScoreDotShape {
+    int rows;
+    int hs;  // multiple of 8
+    float b2;
+    float tau;
+};
+
+extern "C" __global__ void score_dot_f16(const __half* __restrict__ h, const __half* __restrict__ w2,
+                                         float* __restrict__ scores, uint8_t* __restrict__ flags,
+                                         ScoreDotShape shape) {
+    const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (r >= shape.rows) return;
+    const __half* hr = h + static_cast<size_t>(r) * shape.hs;
+    float acc = 0.f;
+    for (int v = lane; v < (shape.hs >> 3); v += 32) {
+        float a[8], w[8];
+        half8_to_float(load_half8(hr + v * 8), a);
+        half8_to_float(load_half8(w2 + v * 8), w);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc += a[i] * w[i];
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) {
+        const float s = acc + shape.b2;
+        scores[r] = s;
+        if (flags != nullptr) flags[r] = sigmoidf(s) > shape.tau ? 1 : 0;
+    }
+}

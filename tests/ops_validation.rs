@@ -357,6 +357,7 @@ fn ptx_modules_export_expected_entries() {
                 "score_rows_f16",
                 "head_logits_f16",
                 "head_pairs",
+                "score_dot_f16",
             ],
         ),
     ];

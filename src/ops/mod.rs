@@ -17,9 +17,9 @@ pub use elementwise::{
 };
 pub use layernorm::{layer_norm, layer_norm_ext, LayerNormExtras, LayerNormShape};
 pub use score::{
-    head_scores, token_scores, validate_head_scores, validate_token_scores, HeadPrunerDev,
-    HeadScoreOutputs, HeadScoreWorkspace, LnDev, OtherStream, PrunerInput, TokenPrunerDev,
-    TokenScoreOutputs, TokenScoreWorkspace,
+    head_scores, score_dot, token_scores, validate_head_scores, validate_token_scores,
+    HeadPrunerDev, HeadScoreOutputs, HeadScoreWorkspace, LnDev, OtherStream, PrunerInput,
+    TokenPrunerDev, TokenScoreOutputs, TokenScoreWorkspace,
 };
 
 use crate::{Error, Result};

@@ -219,6 +219,7 @@ fn check_batch_d(op: &'static str, batch: usize, d: usize, eps: f32) -> Result<(
 }
 
 /// The other stream's shared checks: its width, rows, cu_seqlens, LN_c.
+#[allow(clippy::too_many_arguments)]
 fn check_other(
     op: &'static str,
     batch: usize,
@@ -349,6 +350,7 @@ unsafe impl DeviceRepr for LayerNormShapeC {}
 
 /// Raw `layernorm_f16` launch (no residual, host row count). The caller
 /// validated every size and holds the pointers' guards.
+#[allow(clippy::too_many_arguments)]
 fn launch_layernorm(
     dev: &Device,
     rows: usize,
@@ -1062,4 +1064,94 @@ pub fn head_scores(
     }
     .map_err(|e| Error::driver("launching head_pairs", e))?;
     dev.check_launch("head_pairs")
+}
+
+// ---------------------------------------------------------------------------
+// Unfused tail (baseline).
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct ScoreDotShapeC {
+    rows: i32,
+    hs: i32,
+    b2: f32,
+    tau: f32,
+}
+// SAFETY: `#[repr(C)]` plain data, laid out as `struct ScoreDotShape`.
+unsafe impl DeviceRepr for ScoreDotShapeC {}
+
+/// `s_r = w2 . h_r + b2` and `flags_r = sigmoid(s_r) > tau` for `rows` rows of
+/// an already activated hidden layer `h` (`[rows, hs]` f16, e.g. a cuBLASLt
+/// GEMM with a bias+GELU epilogue): the second half of the *unfused* scorer,
+/// kept as the fused kernel's baseline. `hs` must be a positive multiple of 8.
+#[allow(clippy::too_many_arguments)]
+pub fn score_dot<H, W, S, F>(
+    dev: &Device,
+    rows: usize,
+    hs: usize,
+    h: &H,
+    w2: &W,
+    b2: f32,
+    tau: f32,
+    scores: &mut S,
+    flags: Option<&mut F>,
+) -> Result<()>
+where
+    H: DevicePtr<f16>,
+    W: DevicePtr<f16>,
+    S: DevicePtrMut<f32>,
+    F: DevicePtrMut<u8>,
+{
+    const OP: &str = "score_dot";
+    if hs == 0 || hs % 8 != 0 {
+        return Err(Error::invalid(
+            OP,
+            format!("hs = {hs}: must be a positive multiple of 8"),
+        ));
+    }
+    rows_i32(OP, rows, hs)?;
+    check_len(OP, "h", h.len(), rows * hs)?;
+    exact(OP, "w2", w2.len(), hs)?;
+    check_len(OP, "scores", scores.len(), rows)?;
+    if let Some(f) = &flags {
+        check_len(OP, "flags", f.len(), rows)?;
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    crate::kernels::ensure_built()?;
+    let func = dev.function("score", "score_dot_f16")?;
+    let stream = dev.stream();
+    let (h_ptr, _gh) = h.device_ptr(stream);
+    let (w_ptr, _gw) = w2.device_ptr(stream);
+    let (s_ptr, _gs) = scores.device_ptr_mut(stream);
+    let (f_ptr, _gf) = opt_ptr_mut(flags, stream);
+    check_aligned(OP, "h", h_ptr, 16)?;
+    check_aligned(OP, "w2", w_ptr, 16)?;
+    let params = ScoreDotShapeC {
+        rows: rows as i32,
+        hs: hs as i32,
+        b2,
+        tau,
+    };
+    let mut launch = stream.launch_builder(&func);
+    launch
+        .arg(&h_ptr)
+        .arg(&w_ptr)
+        .arg(&s_ptr)
+        .arg(&f_ptr)
+        .arg(&params);
+    // SAFETY: arguments match `score_dot_f16(const half*, const half*, float*,
+    // u8*, ScoreDotShape)`; h covers rows * hs, w2 hs, scores and flags (or
+    // null) rows entries (validated), h and w2 16-byte aligned. One warp per
+    // row, 8 per block; warps past rows return.
+    unsafe {
+        launch.launch(LaunchConfig {
+            grid_dim: ((rows as u32).div_ceil(8), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+    .map_err(|e| Error::driver("launching score_dot_f16", e))?;
+    dev.check_launch("score_dot_f16")
 }

@@ -101,7 +101,7 @@ fn check_tokens(
         total_rows: total,
         x: &x_d,
         cu_seqlens: &cu_d,
-        other: has_other.then(|| OtherStream {
+        other: has_other.then_some(OtherStream {
             rows: &y_d,
             cu_seqlens: &cuy_d,
             total_rows: total_y,
@@ -277,7 +277,7 @@ fn check_heads(
         total_rows: total,
         x: &x_d,
         cu_seqlens: &cu_d,
-        other: has_other.then(|| OtherStream {
+        other: has_other.then_some(OtherStream {
             rows: &y_d,
             cu_seqlens: &cuy_d,
             total_rows: total_y,
