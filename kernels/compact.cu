@@ -19,7 +19,8 @@
 // synchronisation, so the whole step is graph-capturable.
 //
 // Budget top-k: rank-by-counting in shared memory (each candidate counts the
-// candidates that beat it: higher score, or equal score and lower orig_index;
+// candidates that beat it: higher score, or equal score and lower orig_index
+// (then lower row; NaN scores count as -inf, as in the CPU reference);
 // it is kept iff fewer than k' beat it). O(n^2 / threads) per sequence, fine
 // for n <= COMPACT_BUDGET_MAX_ROWS (4096); the total order makes ranks
 // distinct, so exactly k' rows are kept even with ties.
@@ -129,7 +130,9 @@ extern "C" __global__ void __launch_bounds__(COMPACT_PLAN_THREADS)
     const int begin = cu_seqlens[b];
     const int n = min(cu_seqlens[b + 1] - begin, COMPACT_BUDGET_MAX_ROWS);
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        s[i] = scores[begin + i];
+        // NaN ranks lowest, as in the reference (never beats a number).
+        const float v = scores[begin + i];
+        s[i] = isnan(v) ? -INFINITY : v;
         oi[i] = orig_index[begin + i];
     }
     __syncthreads();
@@ -149,7 +152,10 @@ extern "C" __global__ void __launch_bounds__(COMPACT_PLAN_THREADS)
             int beaten_by = 0;
             for (int j = first_cand; j < n && beaten_by < k_others; ++j) {
                 const float sj = s[j];
-                beaten_by += (sj > si || (sj == si && oi[j] < oii)) ? 1 : 0;
+                // Total order: score, then lower orig_index, then lower row.
+                beaten_by += (sj > si || (sj == si && (oi[j] < oii || (oi[j] == oii && j < i))))
+                                 ? 1
+                                 : 0;
             }
             return beaten_by < k_others;
         },

@@ -318,9 +318,11 @@ extern "C" __global__ void __launch_bounds__(32 * HEAD_WARPS)
             int best = -1;
             float best_a = 0.f;
             for (int h = 0; h < H; ++h) {
-                if (on[h] == 0 && (best < 0 || a[h] > best_a)) {
+                // NaN logits rank lowest (as -inf), as in the CPU reference.
+                const float ah = isnan(a[h]) ? -INFINITY : a[h];
+                if (on[h] == 0 && (best < 0 || ah > best_a)) {
                     best = h;
-                    best_a = a[h];
+                    best_a = ah;
                 }
             }
             on[best] = 1;

@@ -360,6 +360,7 @@ fn launch_layernorm(
     gamma: u64,
     beta: u64,
     out: u64,
+    rows_dev: u64,
 ) -> Result<()> {
     if rows == 0 {
         return Ok(());
@@ -378,13 +379,14 @@ fn launch_layernorm(
         .arg(&gamma)
         .arg(&beta)
         .arg(&out)
-        .arg(&null)
+        .arg(&rows_dev)
         .arg(&params);
     // SAFETY: arguments match `layernorm_f16(const half* x, const half*
     // residual, const half* gamma, const half* beta, half* out, const int*
     // rows_dev, LayerNormShape)`; x and out cover rows * d elements, gamma and
-    // beta d (validated by the caller), all 16-byte aligned; residual and
-    // rows_dev are null (absent). One warp per row, 4 per block.
+    // beta d (validated by the caller), all 16-byte aligned; residual is null
+    // (absent); rows_dev points at cu_seqlens[batch] (a live i32), so rows
+    // past the device's true total are skipped. One warp per row, 4 per block.
     unsafe {
         launch.launch(LaunchConfig {
             grid_dim: ((rows as u32).div_ceil(4), 1, 1),
@@ -438,7 +440,10 @@ fn ln_and_mean(
     u: u64,
     g: u64,
 ) -> Result<()> {
-    launch_layernorm(dev, rows, d, eps, x, gamma, beta, u)?;
+    // The device total, cu_seqlens[batch], doubles as LayerNorm's device row
+    // count: rows past it (stale after pruning) are not normalised.
+    let total_dev = cu + 4 * batch as u64;
+    launch_layernorm(dev, rows, d, eps, x, gamma, beta, u, total_dev)?;
     launch_mean_pool(
         dev,
         PoolShape {
