@@ -132,6 +132,29 @@ static __device__ __forceinline__ int seq_of_row(const int* __restrict__ cu, int
     return lo;
 }
 
+// Global loads of one k-tile of A (u rows row0.., zeros past total) and B
+// (W1x rows nb..nb+63) into registers: 512 chunks of 16 bytes per tile, 4 per
+// thread; chunk idx = tid + 128 q covers tile row idx / 8, columns
+// kb + (idx % 8) * 8 .. +8. The caller stores chunk ch of row r at the
+// swizzled position ch ^ (r & 7).
+static __device__ __forceinline__ void load_tiles(const __half* __restrict__ u,
+                                                  const __half* __restrict__ w1x, int row0,
+                                                  int total, int d, int nb, int kb, uint4 ra[4],
+                                                  uint4 rb[4]) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+        const int idx = threadIdx.x + q * SR_THREADS;
+        const int r = idx >> 3;
+        const int ch = idx & 7;
+        const int grow = row0 + r;
+        ra[q] = make_uint4(0u, 0u, 0u, 0u);
+        if (grow < total) {
+            ra[q] = *reinterpret_cast<const uint4*>(u + static_cast<size_t>(grow) * d + kb + ch * 8);
+        }
+        rb[q] = *reinterpret_cast<const uint4*>(w1x + static_cast<size_t>(nb + r) * d + kb + ch * 8);
+    }
+}
+
 // Grid ceil(rows / 64), block 128. Writes scores[r] (f32) and, when flags is
 // not null, flags[r] = sigmoid(s) > tau (or 1 for a sequence's first row under
 // keep_first) for every row r < cu_seqlens[batch].
@@ -172,25 +195,20 @@ extern "C" __global__ void __launch_bounds__(SR_THREADS)
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[nt][q] = 0.f;
         }
+        // Register double buffering: the next k-tile's global loads are in
+        // flight while the tensor cores work on the current one.
+        uint4 ra[4], rb[4];
+        load_tiles(u, w1x, row0, total, d, nb, 0, ra, rb);
         for (int kb = 0; kb < d; kb += SR_BK) {
-            // 512 chunks of 16 bytes per tile, 4 per thread; chunk idx covers
-            // tile row idx / 8, columns (idx % 8) * 8 .. +8.
 #pragma unroll
             for (int q = 0; q < 4; ++q) {
                 const int idx = tid + q * SR_THREADS;
                 const int r = idx >> 3;
                 const int ch = idx & 7;
-                const int grow = row0 + r;
-                uint4 va = make_uint4(0u, 0u, 0u, 0u);
-                if (grow < total) {
-                    va = *reinterpret_cast<const uint4*>(u + static_cast<size_t>(grow) * d + kb +
-                                                         ch * 8);
-                }
-                *reinterpret_cast<uint4*>(&As[r * SR_BK + ((ch ^ (r & 7)) << 3)]) = va;
-                const uint4 vb = *reinterpret_cast<const uint4*>(
-                    w1x + static_cast<size_t>(nb + r) * d + kb + ch * 8);
-                *reinterpret_cast<uint4*>(&Bs[r * SR_BK + ((ch ^ (r & 7)) << 3)]) = vb;
+                *reinterpret_cast<uint4*>(&As[r * SR_BK + ((ch ^ (r & 7)) << 3)]) = ra[q];
+                *reinterpret_cast<uint4*>(&Bs[r * SR_BK + ((ch ^ (r & 7)) << 3)]) = rb[q];
             }
+            if (kb + SR_BK < d) load_tiles(u, w1x, row0, total, d, nb, kb + SR_BK, ra, rb);
             __syncthreads();
 #pragma unroll
             for (int ks = 0; ks < SR_BK; ks += 16) {
