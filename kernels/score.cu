@@ -101,6 +101,8 @@ struct ScoreRowsShape {
     float b2;
     float tau;       // threshold on sigmoid(s)
     int keep_first;  // force the first row of each sequence
+    int splits;      // gridDim.y: blocks sharing a row tile, each over hs / splits
+                     // hidden units; > 1 writes partial sums for score_finalize
 };
 
 static __device__ __forceinline__ int swz(int r, int k) {
@@ -155,14 +157,19 @@ static __device__ __forceinline__ void load_tiles(const __half* __restrict__ u,
     }
 }
 
-// Grid ceil(rows / 64), block 128. Writes scores[r] (f32) and, when flags is
-// not null, flags[r] = sigmoid(s) > tau (or 1 for a sequence's first row under
-// keep_first) for every row r < cu_seqlens[batch].
+// Grid (ceil(rows / 64), splits), block 128. With splits == 1 writes
+// scores[r] (f32) and, when flags is not null, flags[r] = sigmoid(s) > tau (or
+// 1 for a sequence's first row under keep_first) for every row
+// r < cu_seqlens[batch]. With splits > 1 (more blocks for small batches) each
+// block covers hs / splits hidden units and writes its partial row sums to
+// partial [splits, rows]; score_finalize then adds them up. The partials are
+// per-row sums over 64+ hidden units, not the hidden layer.
 extern "C" __global__ void __launch_bounds__(SR_THREADS)
     score_rows_f16(const __half* __restrict__ u, const int* __restrict__ cu_seqlens,
                    const __half* __restrict__ w1x, const __half* __restrict__ w2,
                    const float* __restrict__ c, float* __restrict__ scores,
-                   uint8_t* __restrict__ flags, ScoreRowsShape shape) {
+                   uint8_t* __restrict__ flags, float* __restrict__ partial,
+                   ScoreRowsShape shape) {
     __shared__ __align__(16) __half As[SR_BM * SR_BK];
     __shared__ __align__(16) __half Bs[SR_BN * SR_BK];
 
@@ -188,7 +195,11 @@ extern "C" __global__ void __launch_bounds__(SR_THREADS)
 
     float part_lo = 0.f, part_hi = 0.f;
 
-    for (int nb = 0; nb < hs; nb += SR_BN) {
+    // This block's share of the hidden units: slice blockIdx.y of `splits`
+    // equal slices (hs / splits is a multiple of 64, checked by the wrapper).
+    const int hs_per = hs / shape.splits;
+    const int nb_begin = blockIdx.y * hs_per;
+    for (int nb = nb_begin; nb < nb_begin + hs_per; nb += SR_BN) {
         float acc[8][4];
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
@@ -246,6 +257,16 @@ extern "C" __global__ void __launch_bounds__(SR_THREADS)
     part_lo += __shfl_xor_sync(0xffffffffu, part_lo, 2);
     part_hi += __shfl_xor_sync(0xffffffffu, part_hi, 1);
     part_hi += __shfl_xor_sync(0xffffffffu, part_hi, 2);
+    if (shape.splits > 1) {
+        // Partial sums over this block's hidden slice: partial[y][r], with
+        // y = blockIdx.y and the host row bound as the row stride.
+        if (t == 0) {
+            float* pr = partial + static_cast<size_t>(blockIdx.y) * shape.rows;
+            if (r_lo < total) pr[r_lo] = part_lo;
+            if (r_hi < total) pr[r_hi] = part_hi;
+        }
+        return;
+    }
     if (t == 0) {
         const bool kf = shape.keep_first != 0;
         if (r_lo < total) {
@@ -260,6 +281,25 @@ extern "C" __global__ void __launch_bounds__(SR_THREADS)
             if (flags != nullptr)
                 flags[r_hi] = (sigmoidf(s) > shape.tau || (kf && r_hi == cu_seqlens[b_hi])) ? 1 : 0;
         }
+    }
+}
+
+// One thread per row r < cu_seqlens[batch]: s = sum of the `splits` partials
+// + b2, then scores and flags exactly as score_rows_f16 writes them.
+// Floor: splits * rows * 4 bytes read, 5 bytes per row written.
+extern "C" __global__ void score_finalize(const float* __restrict__ partial,
+                                          const int* __restrict__ cu_seqlens,
+                                          float* __restrict__ scores, uint8_t* __restrict__ flags,
+                                          ScoreRowsShape shape) {
+    const int r = blockIdx.x * blockDim.x + threadIdx.x;
+    const int total = cu_seqlens[shape.batch];
+    if (r >= total) return;
+    float s = shape.b2;
+    for (int y = 0; y < shape.splits; ++y) s += partial[static_cast<size_t>(y) * shape.rows + r];
+    scores[r] = s;
+    if (flags != nullptr) {
+        const int b = seq_of_row(cu_seqlens, shape.batch, r);
+        flags[r] = (sigmoidf(s) > shape.tau || (shape.keep_first != 0 && r == cu_seqlens[b])) ? 1 : 0;
     }
 }
 

@@ -41,6 +41,7 @@ fn token_ok() -> (TokenScoreDims, TokenScoreLens) {
             g_self: b * d,
             g_cross: Some(b * dc),
             context: b * hs,
+            partial: Some((hs / 64) * n),
             scores: n,
             flags: Some(n),
         },
@@ -358,6 +359,7 @@ fn ptx_modules_export_expected_entries() {
                 "head_logits_f16",
                 "head_pairs",
                 "score_dot_f16",
+                "score_finalize",
             ],
         ),
     ];
@@ -389,4 +391,18 @@ fn ptx_modules_export_expected_entries() {
             }
         }
     }
+}
+
+#[test]
+fn score_split_heuristic() {
+    use smarttrim::ops::score::score_splits;
+    // Batch 1 of 577 rows (10 tiles), Hs 384 (6 slices), 132 SMs: all 6.
+    assert_eq!(score_splits(10, 384, 132), 6);
+    // Batch 32 (289 tiles): 528 / 289 -> 2 (divides 6).
+    assert_eq!(score_splits(289, 384, 132), 2);
+    // Plenty of tiles: no split.
+    assert_eq!(score_splits(5000, 384, 132), 1);
+    // Want 4 of 6 slices -> the largest divisor below: 3.
+    assert_eq!(score_splits(130, 384, 132), 3);
+    assert_eq!(score_splits(1, 64, 132), 1);
 }

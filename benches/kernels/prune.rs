@@ -142,6 +142,7 @@ pub fn score_group(c: &mut Criterion) {
         let mut u = stream.alloc_zeros::<f16>(total * D).unwrap();
         let mut g_self = stream.alloc_zeros::<f32>(batch * D).unwrap();
         let mut ctx = stream.alloc_zeros::<f32>(batch * HS).unwrap();
+        let mut partial = stream.alloc_zeros::<f32>((HS / 64) * total).unwrap();
         let mut scores = stream.alloc_zeros::<f32>(total).unwrap();
         let mut flags = stream.alloc_zeros::<u8>(total).unwrap();
         let mut hidden = stream.alloc_zeros::<f16>(total * HS).unwrap();
@@ -184,6 +185,7 @@ pub fn score_group(c: &mut Criterion) {
                     g_self: &mut g_self,
                     g_cross: None,
                     context: &mut ctx,
+                    partial: Some(&mut partial),
                 },
                 TokenScoreOutputs {
                     scores: &mut scores,

@@ -109,6 +109,11 @@ pub struct TokenScoreWorkspace<'a> {
     pub g_cross: Option<&'a mut dyn DevicePtrMut<f32>>,
     /// `[batch, hs]` f32: `c_b`.
     pub context: &'a mut dyn DevicePtrMut<f32>,
+    /// Optional `[hs / 64, total_rows]` f32: lets [`token_scores`] split the
+    /// hidden units of a row tile over several blocks (per-slice partial row
+    /// sums, added up by `score_finalize`) when there are too few row tiles to
+    /// fill the GPU (small batches). None: one block per row tile.
+    pub partial: Option<&'a mut dyn DevicePtrMut<f32>>,
 }
 
 /// What [`token_scores`] writes.
@@ -179,6 +184,8 @@ pub struct TokenScoreLens {
     pub g_cross: Option<usize>,
     /// Workspace `context`.
     pub context: usize,
+    /// Workspace `partial`.
+    pub partial: Option<usize>,
     /// `scores`.
     pub scores: usize,
     /// `flags`.
@@ -331,6 +338,9 @@ pub fn validate_token_scores(dims: &TokenScoreDims, lens: &TokenScoreLens) -> Re
     check_len(op, "workspace u", lens.u, total_rows * d)?;
     check_len(op, "workspace g_self", lens.g_self, batch * d)?;
     check_len(op, "workspace context", lens.context, batch * hs)?;
+    if let Some(p) = lens.partial {
+        check_len(op, "workspace partial", p, (hs / SCORE_TILE) * total_rows)?;
+    }
     check_len(op, "scores", lens.scores, total_rows)?;
     if let Some(f) = lens.flags {
         check_len(op, "flags", f, total_rows)?;
@@ -419,6 +429,7 @@ struct ScoreRowsShapeC {
     b2: f32,
     tau: f32,
     keep_first: i32,
+    splits: i32,
 }
 // SAFETY: `#[repr(C)]` plain data, laid out as `struct ScoreRowsShape`.
 unsafe impl DeviceRepr for ScoreRowsShapeC {}
@@ -494,6 +505,7 @@ pub fn token_scores(
         g_self: ws.g_self.len(),
         g_cross: ws.g_cross.as_ref().map(|x| x.len()),
         context: ws.context.len(),
+        partial: ws.partial.as_ref().map(|x| x.len()),
         scores: out.scores.len(),
         flags: out.flags.as_ref().map(|x| x.len()),
     };
@@ -504,6 +516,18 @@ pub fn token_scores(
     crate::kernels::ensure_built()?;
     let ctx_fn = dev.function("score", "score_context_f16")?;
     let rows_fn = dev.function("score", "score_rows_f16")?;
+    let row_tiles = input.total_rows.div_ceil(SCORE_TILE);
+    let splits = if ws.partial.is_some() {
+        let sms = dev
+            .context()
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(|e| Error::driver("querying the SM count", e))?;
+        score_splits(row_tiles, w.hs, sms.max(1) as usize)
+    } else {
+        1
+    };
     let stream = dev.stream();
     let (d, hs, batch) = (w.d, w.hs, input.batch);
 
@@ -520,6 +544,7 @@ pub fn token_scores(
     let (c_ptr, _gc) = ws.context.device_ptr_mut(stream);
     let (s_ptr, _gs) = out.scores.device_ptr_mut(stream);
     let (f_ptr, _gf) = opt_ptr_mut(out.flags, stream);
+    let (p_ptr, _gp) = opt_ptr_mut(ws.partial, stream);
     for (name, p) in [
         ("x", x_ptr),
         ("ln_p.gamma", lg_ptr),
@@ -634,6 +659,7 @@ pub fn token_scores(
         b2: w.b2,
         tau: out.tau,
         keep_first: out.keep_first as i32,
+        splits: splits as i32,
     };
     let mut launch = stream.launch_builder(&rows_fn);
     launch
@@ -644,23 +670,61 @@ pub fn token_scores(
         .arg(&c_ptr)
         .arg(&s_ptr)
         .arg(&f_ptr)
+        .arg(&p_ptr)
         .arg(&rows_params);
     // SAFETY: arguments match `score_rows_f16(const half* u, const int* cu,
     // const half* w1x, const half* w2, const float* c, float* scores, u8*
-    // flags, ScoreRowsShape)`. u covers total_rows * d (d % 64 == 0, 16-byte
+    // flags, float* partial, ScoreRowsShape)`; partial is null unless splits
+    // > 1, and then holds hs / 64 >= splits rows of total_rows f32 (validated;
+    // splits divides hs / 64). u covers total_rows * d (d % 64 == 0, 16-byte
     // aligned), w1x hs * d (hs % 64 == 0), w2 hs, c batch * hs, scores and
     // flags (or null) total_rows; rows at or past cu_seqlens[batch] (<=
     // total_rows, the caller's contract) are neither read nor written. Grid
-    // ceil(total_rows / 64), 128 threads, 16 KiB static shared memory.
+    // (ceil(total_rows / 64), splits), 128 threads, 16 KiB static shared memory.
     unsafe {
         launch.launch(LaunchConfig {
-            grid_dim: ((input.total_rows as u32).div_ceil(SCORE_TILE as u32), 1, 1),
+            grid_dim: (row_tiles as u32, splits as u32, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         })
     }
     .map_err(|e| Error::driver("launching score_rows_f16", e))?;
-    dev.check_launch("score_rows_f16")
+    dev.check_launch("score_rows_f16")?;
+    if splits == 1 {
+        return Ok(());
+    }
+    let fin_fn = dev.function("score", "score_finalize")?;
+    let mut launch = stream.launch_builder(&fin_fn);
+    launch
+        .arg(&p_ptr)
+        .arg(&cu_ptr)
+        .arg(&s_ptr)
+        .arg(&f_ptr)
+        .arg(&rows_params);
+    // SAFETY: arguments match `score_finalize(const float* partial, const int*
+    // cu, float* scores, u8* flags, ScoreRowsShape)`; partial holds splits x
+    // total_rows f32 written by score_rows_f16 just before on this stream,
+    // scores and flags (or null) total_rows entries; threads at or past
+    // cu_seqlens[batch] return.
+    unsafe {
+        launch.launch(LaunchConfig {
+            grid_dim: ((input.total_rows as u32).div_ceil(256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+    .map_err(|e| Error::driver("launching score_finalize", e))?;
+    dev.check_launch("score_finalize")
+}
+
+/// How many blocks share a row tile in `score_rows_f16`: enough for about four
+/// blocks per SM, as a divisor of `hs / 64` (each block takes an equal share
+/// of whole 64-unit slices), at least 1.
+pub fn score_splits(row_tiles: usize, hs: usize, sm_count: usize) -> usize {
+    let slices = (hs / SCORE_TILE).max(1);
+    let target = 4 * sm_count.max(1);
+    let want = target.div_ceil(row_tiles.max(1)).clamp(1, slices);
+    (1..=want).rev().find(|s| slices % s == 0).unwrap_or(1)
 }
 
 // ---------------------------------------------------------------------------

@@ -93,8 +93,6 @@ fn check_tokens(
     let mut g_self = stream.clone_htod(&vec![f32::NAN; batch * d]).unwrap();
     let mut g_cross = stream.clone_htod(&vec![f32::NAN; batch * dc]).unwrap();
     let mut ctx = stream.clone_htod(&vec![f32::NAN; batch * hs]).unwrap();
-    let mut scores = stream.clone_htod(&vec![f32::NAN; total]).unwrap();
-    let mut flags = stream.clone_htod(&vec![7u8; total]).unwrap();
     let has_other = other_lens.is_some();
     let input = PrunerInput {
         batch,
@@ -127,48 +125,63 @@ fn check_tokens(
         hs,
         eps: EPS,
     };
-    token_scores(
-        dev,
-        &input,
-        &wd,
-        TokenScoreWorkspace {
-            u: &mut u,
-            uy: if has_other { Some(&mut uy) } else { None },
-            g_self: &mut g_self,
-            g_cross: if has_other { Some(&mut g_cross) } else { None },
-            context: &mut ctx,
-        },
-        TokenScoreOutputs {
-            scores: &mut scores,
-            flags: Some(&mut flags),
-            tau,
-            keep_first,
-        },
-    )
-    .unwrap();
-    let got = stream.clone_dtoh(&scores).unwrap();
-    let err = rel_err(&got, &want);
-    let what = format!(
-        "lens={:?} cross={has_other} hs={hs} tau={tau} keep_first={keep_first}",
-        &lens[..lens.len().min(8)]
-    );
-    println!("token_scores {what}: rel err {err:.2e}");
-    assert!(err < 1e-2, "{what}: rel err {err}");
-    let got_flags = stream.clone_dtoh(&flags).unwrap();
-    let mut ties = 0;
-    for b in 0..batch {
-        for i in cu[b] as usize..cu[b + 1] as usize {
-            let p = sigmoid(want[i]);
-            let want_flag = p > tau || (keep_first && i == cu[b] as usize);
-            assert!(got_flags[i] <= 1, "{what}: flag {i} unwritten");
-            if (got_flags[i] == 1) != want_flag {
-                assert!((p - tau).abs() < 1e-3, "{what}: flag {i} differs (p = {p})");
-                ties += 1;
+    // Without and with the split over hidden slices (partial sums +
+    // score_finalize).
+    for use_partial in [false, true] {
+        let mut partial = stream
+            .clone_htod(&vec![f32::NAN; (hs / 64) * total])
+            .unwrap();
+        let mut scores = stream.clone_htod(&vec![f32::NAN; total]).unwrap();
+        let mut flags = stream.clone_htod(&vec![7u8; total]).unwrap();
+        token_scores(
+            dev,
+            &input,
+            &wd,
+            TokenScoreWorkspace {
+                u: &mut u,
+                uy: if has_other { Some(&mut uy) } else { None },
+                g_self: &mut g_self,
+                g_cross: if has_other { Some(&mut g_cross) } else { None },
+                context: &mut ctx,
+                partial: if use_partial {
+                    Some(&mut partial)
+                } else {
+                    None
+                },
+            },
+            TokenScoreOutputs {
+                scores: &mut scores,
+                flags: Some(&mut flags),
+                tau,
+                keep_first,
+            },
+        )
+        .unwrap();
+        let got = stream.clone_dtoh(&scores).unwrap();
+        let err = rel_err(&got, &want);
+        let what = format!(
+            "lens={:?} cross={has_other} hs={hs} tau={tau} keep_first={keep_first} \
+             split={use_partial}",
+            &lens[..lens.len().min(8)]
+        );
+        println!("token_scores {what}: rel err {err:.2e}");
+        assert!(err < 1e-2, "{what}: rel err {err}");
+        let got_flags = stream.clone_dtoh(&flags).unwrap();
+        let mut ties = 0;
+        for b in 0..batch {
+            for i in cu[b] as usize..cu[b + 1] as usize {
+                let p = sigmoid(want[i]);
+                let want_flag = p > tau || (keep_first && i == cu[b] as usize);
+                assert!(got_flags[i] <= 1, "{what}: flag {i} unwritten");
+                if (got_flags[i] == 1) != want_flag {
+                    assert!((p - tau).abs() < 1e-3, "{what}: flag {i} differs (p = {p})");
+                    ties += 1;
+                }
             }
         }
-    }
-    if ties > 0 {
-        println!("token_scores {what}: {ties} flag(s) differ within 1e-3 of tau (ties)");
+        if ties > 0 {
+            println!("token_scores {what}: {ties} flag(s) differ within 1e-3 of tau (ties)");
+        }
     }
 }
 
