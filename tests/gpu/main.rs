@@ -6,5 +6,8 @@
 //! why, and passes; with `SMARTTRIM_REQUIRE_GPU=1` the same situation fails.
 
 mod common;
+mod compact;
+mod elementwise;
 mod gemm;
 mod layernorm;
+mod score;
