@@ -247,15 +247,12 @@ impl Device {
             match modules.get(src.name) {
                 Some(m) => m.clone(),
                 None => {
-                    let m = self
-                        .ctx
-                        .load_module(Ptx::from_src(src.ptx))
-                        .map_err(|e| {
-                            Error::driver(
-                                format!("loading PTX module `{}` ({})", src.name, src.target),
-                                e,
-                            )
-                        })?;
+                    let m = self.ctx.load_module(Ptx::from_src(src.ptx)).map_err(|e| {
+                        Error::driver(
+                            format!("loading PTX module `{}` ({})", src.name, src.target),
+                            e,
+                        )
+                    })?;
                     modules.insert(src.name, m.clone());
                     m
                 }

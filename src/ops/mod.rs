@@ -3,8 +3,13 @@
 //! [`Error`](crate::Error) instead of launching on inconsistent input. All
 //! `unsafe` launch code of the crate lives in this module.
 
+pub mod attention;
 pub mod layernorm;
 
+pub use attention::{
+    build_active_heads, cross_attention, self_attention, validate_attention, AttentionBuffers,
+    AttentionLayout, AttentionShape, DenseAttentionBaseline, HeadSelection,
+};
 pub use layernorm::{layer_norm, layer_norm_ext, LayerNormExtras, LayerNormShape};
 
 use crate::{Error, Result};

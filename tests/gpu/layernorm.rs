@@ -5,7 +5,14 @@ use smarttrim::ops::{layer_norm, layer_norm_ext, LayerNormExtras, LayerNormShape
 
 use crate::common::*;
 
-fn cpu_layer_norm(x: &[f32], res: Option<&[f32]>, d: usize, g: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+fn cpu_layer_norm(
+    x: &[f32],
+    res: Option<&[f32]>,
+    d: usize,
+    g: &[f32],
+    b: &[f32],
+    eps: f32,
+) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     for (r, row) in x.chunks(d).enumerate() {
         let v: Vec<f64> = (0..d)
@@ -56,7 +63,10 @@ fn layernorm_matches_cpu() {
                 let out: Vec<f16> = stream.clone_dtoh(&o_d).unwrap();
                 let err = rel_err(&from_f16(&out), &want);
                 println!("layernorm d={d} rows={rows} residual={with_res}: rel err {err:.2e}");
-                assert!(err < 3e-3, "d={d} rows={rows} residual={with_res}: rel err {err}");
+                assert!(
+                    err < 3e-3,
+                    "d={d} rows={rows} residual={with_res}: rel err {err}"
+                );
             }
         }
     }
