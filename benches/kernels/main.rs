@@ -5,11 +5,16 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
+mod attention;
 mod common;
 
 fn layernorm(c: &mut Criterion) {
     common::layernorm_group(c);
 }
 
-criterion_group!(benches, layernorm);
+fn attention(c: &mut Criterion) {
+    attention::attention_group(c);
+}
+
+criterion_group!(benches, layernorm, attention);
 criterion_main!(benches);
