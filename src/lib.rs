@@ -17,5 +17,7 @@ pub mod device;
 pub mod error;
 pub mod kernels;
 pub mod ops;
+pub mod reference;
+pub mod spec;
 
 pub use error::{Error, Result};

@@ -1,0 +1,758 @@
+//! Embeddings, layers and the whole forward pass of the CPU reference.
+//!
+//! The order within a layer `l` (DESIGN.md): every stream's token pruner
+//! scores the rows entering `l`, each seeing the other stream's entering
+//! rows; then every stream is compacted; then head pruners run on the
+//! compacted rows (seeing the other stream's compacted rows); then the layer
+//! runs, its cross-attention taking the other stream's compacted entering
+//! rows as keys and values. In a BLIP cross encoder the other stream is the
+//! fixed context, the same at every layer, never pruned.
+
+use rayon::prelude::*;
+
+use super::attention::attention;
+use super::compact::{compact, Packed};
+use super::ops::{add_in_place, gelu_in_place, layer_norm_rows, linear, mean_rows};
+use super::pruner::{head_logits, head_mask, keep_rows, token_scores};
+use crate::spec::flops::{dense_layer_flops, embedding_flops, layer_flops, LayerCounts};
+use crate::spec::{
+    CrossAttentionWeights, EmbeddingConfig, EmbeddingWeights, FfnWeights, Flops, LayerNormWeights,
+    LayerWeights, ModelKind, SelfAttentionWeights, SequenceFlops, StreamConfig, Weights,
+};
+use crate::{Error, Result};
+
+/// One stream's input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamInput {
+    /// Rows entering the first layer, `[total, D]` packed, with `cu_seqlens`
+    /// (streams with no embedding, e.g. METER's fusion encoder).
+    Packed {
+        /// `[total, D]` row-major.
+        rows: Vec<f32>,
+        /// `[batch + 1]`.
+        cu_seqlens: Vec<i32>,
+    },
+    /// Token ids for a BERT stream.
+    Tokens {
+        /// Packed token ids `[total]`.
+        ids: Vec<u32>,
+        /// Packed token type ids `[total]` (None = all 0).
+        type_ids: Option<Vec<u32>>,
+        /// `[batch + 1]`.
+        cu_seqlens: Vec<i32>,
+    },
+    /// Images for a ViT stream, `[batch, C, H, W]` row-major (NCHW).
+    Pixels {
+        /// `[batch * C * H * W]`.
+        pixels: Vec<f32>,
+        /// Number of images.
+        batch: usize,
+    },
+}
+
+/// Inputs of [`forward`]: one [`StreamInput`] per config stream, in order,
+/// plus the fixed context of a cross encoder (BLIP text: the image encoder's
+/// final rows, `[total, context_hidden]` with their `cu_seqlens`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inputs {
+    /// One per config stream.
+    pub streams: Vec<StreamInput>,
+    /// Required for [`ModelKind::CrossEncoder`], ignored otherwise.
+    pub context: Option<(Vec<f32>, Vec<i32>)>,
+}
+
+/// Options of [`forward`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ForwardOptions {
+    /// Ignore all pruners (the dense pass).
+    pub dense: bool,
+}
+
+/// A head pruner's result for one attention module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadRecord {
+    /// `a_b` logits `[batch * heads]`.
+    pub logits: Vec<f32>,
+    /// `[batch * heads]`, 1 active.
+    pub mask: Vec<u8>,
+}
+
+/// What happened at one layer of one stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerRecord {
+    /// Rows entering the layer, per sequence.
+    pub rows_in: Vec<i32>,
+    /// `orig_index` of the entering rows.
+    pub orig_index_in: Vec<i32>,
+    /// Token scores `s_i` of the entering rows (if a token pruner ran).
+    pub scores: Option<Vec<f32>>,
+    /// Keep flags of the entering rows (if a token pruner ran).
+    pub keep: Option<Vec<bool>>,
+    /// Rows kept per sequence (= `rows_in` without a pruner).
+    pub kept: Vec<i32>,
+    /// Self-attention head pruner (if it ran).
+    pub self_heads: Option<HeadRecord>,
+    /// Cross-attention head pruner (if it ran).
+    pub cross_heads: Option<HeadRecord>,
+    /// Active self-attention heads per sequence.
+    pub active_self_heads: Vec<i32>,
+    /// Active cross-attention heads per sequence (0 without cross-attention).
+    pub active_cross_heads: Vec<i32>,
+    /// FLOPs of this layer per sequence.
+    pub flops: Vec<Flops>,
+}
+
+/// One stream's results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamOutput {
+    /// The stream's name.
+    pub name: String,
+    /// Final rows (after the final LN if any), `cu_seqlens`, `orig_index`.
+    pub packed: Packed,
+    /// First row of every sequence `[batch, D]` (zeros for an empty sequence).
+    pub pooled_first: Vec<f32>,
+    /// Mean of every sequence's final rows `[batch, D]`.
+    pub pooled_mean: Vec<f32>,
+    /// One record per layer.
+    pub layers: Vec<LayerRecord>,
+    /// FLOPs per sequence (embedding + layers), pruned and dense.
+    pub flops: Vec<SequenceFlops>,
+}
+
+/// Per sequence statistics of one layer of one stream: (kept rows, active
+/// self heads, active cross heads).
+pub type LayerStats = (Vec<i32>, Vec<i32>, Vec<i32>);
+
+/// Results of [`forward`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outputs {
+    /// One per config stream.
+    pub streams: Vec<StreamOutput>,
+    /// FLOPs per sequence, summed over streams.
+    pub flops: Vec<SequenceFlops>,
+}
+
+impl Outputs {
+    /// Per-layer statistics: `[layer][stream]` -> (kept rows, active self
+    /// heads, active cross heads), each per sequence.
+    pub fn stats(&self) -> Vec<Vec<LayerStats>> {
+        let nl = self.streams.first().map_or(0, |s| s.layers.len());
+        (0..nl)
+            .map(|l| {
+                self.streams
+                    .iter()
+                    .filter_map(|s| s.layers.get(l))
+                    .map(|r| {
+                        (
+                            r.kept.clone(),
+                            r.active_self_heads.clone(),
+                            r.active_cross_heads.clone(),
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+fn check_cu(cu: &[i32], total: usize, what: &str, errs: &mut Vec<String>) {
+    if cu.is_empty() || cu[0] != 0 {
+        errs.push(format!("{what}: cu_seqlens must start with 0"));
+        return;
+    }
+    if cu.windows(2).any(|w| w[1] < w[0]) {
+        errs.push(format!("{what}: cu_seqlens must be non-decreasing"));
+        return;
+    }
+    if cu[cu.len() - 1] as usize != total {
+        errs.push(format!(
+            "{what}: cu_seqlens ends at {} but there are {total} rows",
+            cu[cu.len() - 1]
+        ));
+    }
+}
+
+/// Embeds one stream's input into packed rows (validated first).
+pub fn embed(
+    s: &StreamConfig,
+    w: &EmbeddingWeights,
+    input: &StreamInput,
+    errs: &mut Vec<String>,
+) -> Option<Packed> {
+    let d = s.hidden;
+    let name = &s.name;
+    match (&s.embedding, w, input) {
+        (EmbeddingConfig::None, _, StreamInput::Packed { rows, cu_seqlens }) => {
+            if rows.len() % d != 0 {
+                errs.push(format!(
+                    "stream `{name}`: {} values is not a multiple of hidden {d}",
+                    rows.len()
+                ));
+                return None;
+            }
+            let total = rows.len() / d;
+            let before = errs.len();
+            check_cu(cu_seqlens, total, &format!("stream `{name}`"), errs);
+            if rows.iter().any(|x| !x.is_finite()) {
+                errs.push(format!("stream `{name}`: input rows hold NaN or Inf"));
+            }
+            (errs.len() == before).then(|| Packed::new(rows.clone(), d, cu_seqlens.clone()))
+        }
+        (
+            EmbeddingConfig::Bert {
+                vocab_size,
+                max_positions,
+                type_vocab_size,
+                position_offset,
+            },
+            EmbeddingWeights::Bert {
+                word,
+                position,
+                token_type,
+                ln,
+            },
+            StreamInput::Tokens {
+                ids,
+                type_ids,
+                cu_seqlens,
+            },
+        ) => {
+            let before = errs.len();
+            let total = ids.len();
+            check_cu(cu_seqlens, total, &format!("stream `{name}`"), errs);
+            if let Some(i) = ids.iter().position(|&t| t as usize >= *vocab_size) {
+                errs.push(format!(
+                    "stream `{name}`: token id {} at {i} is outside the vocabulary ({vocab_size})",
+                    ids[i]
+                ));
+            }
+            if let Some(t) = type_ids {
+                if t.len() != total {
+                    errs.push(format!(
+                        "stream `{name}`: {} type ids for {total} tokens",
+                        t.len()
+                    ));
+                } else if let Some(i) = t.iter().position(|&x| x as usize >= *type_vocab_size) {
+                    errs.push(format!(
+                        "stream `{name}`: type id {} at {i} is outside 0..{type_vocab_size}",
+                        t[i]
+                    ));
+                }
+            }
+            if errs.len() == before {
+                if let Some(l) = cu_seqlens
+                    .windows(2)
+                    .map(|w| (w[1] - w[0]) as usize)
+                    .find(|&l| l + position_offset > *max_positions)
+                {
+                    errs.push(format!(
+                        "stream `{name}`: a sequence of {l} tokens exceeds max_positions {max_positions}"
+                    ));
+                }
+            }
+            if errs.len() != before {
+                return None;
+            }
+            let p = Packed::new(Vec::new(), d, cu_seqlens.clone());
+            let mut rows = vec![0.0f32; total * d];
+            rows.par_chunks_mut(d).enumerate().for_each(|(i, r)| {
+                let id = ids[i] as usize;
+                let pos = p.orig_index[i] as usize + position_offset;
+                let ty = type_ids.as_ref().map_or(0, |t| t[i] as usize);
+                for (j, v) in r.iter_mut().enumerate() {
+                    *v = word[id * d + j] + position[pos * d + j] + token_type[ty * d + j];
+                }
+            });
+            let rows = layer_norm_rows(&rows, d, &ln.gamma, &ln.beta, s.ln_eps);
+            Some(Packed { rows, ..p })
+        }
+        (
+            EmbeddingConfig::Vit {
+                image_size,
+                patch_size,
+                channels,
+            },
+            EmbeddingWeights::Vit {
+                patch,
+                cls,
+                position,
+            },
+            StreamInput::Pixels { pixels, batch },
+        ) => {
+            let (is, ps, c) = (*image_size, *patch_size, *channels);
+            let need = batch * c * is * is;
+            if pixels.len() != need {
+                errs.push(format!(
+                    "stream `{name}`: {} pixel values, expected {batch} x {c} x {is} x {is} = {need}",
+                    pixels.len()
+                ));
+                return None;
+            }
+            if pixels.iter().any(|x| !x.is_finite()) {
+                errs.push(format!("stream `{name}`: pixels hold NaN or Inf"));
+                return None;
+            }
+            let g = is / ps;
+            let np = g * g;
+            let pin = c * ps * ps;
+            let mut patches = vec![0.0f32; batch * np * pin];
+            patches
+                .par_chunks_mut(pin)
+                .enumerate()
+                .for_each(|(r, out)| {
+                    let (b, pi) = (r / np, r % np);
+                    let (py, px) = (pi / g, pi % g);
+                    for ch in 0..c {
+                        for ky in 0..ps {
+                            for kx in 0..ps {
+                                let y = py * ps + ky;
+                                let x = px * ps + kx;
+                                out[ch * ps * ps + ky * ps + kx] =
+                                    pixels[((b * c + ch) * is + y) * is + x];
+                            }
+                        }
+                    }
+                });
+            let emb = linear(&patches, batch * np, &patch.weight, &patch.bias, d, pin);
+            let n = np + 1;
+            let mut rows = vec![0.0f32; batch * n * d];
+            rows.par_chunks_mut(d).enumerate().for_each(|(r, out)| {
+                let (b, i) = (r / n, r % n);
+                let src = if i == 0 {
+                    &cls[..]
+                } else {
+                    &emb[(b * np + i - 1) * d..(b * np + i) * d]
+                };
+                for j in 0..d {
+                    out[j] = src[j] + position[i * d + j];
+                }
+            });
+            let cu = (0..=*batch).map(|b| (b * n) as i32).collect();
+            Some(Packed::new(rows, d, cu))
+        }
+        _ => {
+            errs.push(format!(
+                "stream `{name}`: input kind does not match its embedding ({:?})",
+                s.embedding
+            ));
+            None
+        }
+    }
+}
+
+fn ln(x: &[f32], d: usize, w: &LayerNormWeights, eps: f32) -> Vec<f32> {
+    layer_norm_rows(x, d, &w.gamma, &w.beta, eps)
+}
+
+/// Copies columns `c0..c0+width` of a `[rows, stride]` matrix.
+fn columns(x: &[f32], stride: usize, c0: usize, width: usize) -> Vec<f32> {
+    x.chunks(stride)
+        .flat_map(|r| r[c0..c0 + width].iter().copied())
+        .collect()
+}
+
+/// Self-attention module output (before residual): `out(attn(QKV x))`.
+pub fn self_attention(
+    x: &[f32],
+    cu: &[i32],
+    d: usize,
+    heads: usize,
+    w: &SelfAttentionWeights,
+    mask: Option<&[u8]>,
+) -> Vec<f32> {
+    let n = x.len() / d;
+    let qkv = linear(x, n, &w.qkv.weight, &w.qkv.bias, 3 * d, d);
+    let q = columns(&qkv, 3 * d, 0, d);
+    let k = columns(&qkv, 3 * d, d, d);
+    let v = columns(&qkv, 3 * d, 2 * d, d);
+    let ctx = attention(&q, &k, &v, cu, cu, heads, d / heads, mask);
+    linear(&ctx, n, &w.out.weight, &w.out.bias, d, d)
+}
+
+/// Cross-attention module output (before residual): queries from `x`,
+/// keys/values from the other stream's rows `y` (`[m, d_other]`).
+#[allow(clippy::too_many_arguments)]
+pub fn cross_attention(
+    x: &[f32],
+    cu: &[i32],
+    d: usize,
+    heads: usize,
+    y: &[f32],
+    cu_y: &[i32],
+    d_other: usize,
+    w: &CrossAttentionWeights,
+    mask: Option<&[u8]>,
+) -> Vec<f32> {
+    let n = x.len() / d;
+    let m = y.len() / d_other.max(1);
+    let q = linear(x, n, &w.q.weight, &w.q.bias, d, d);
+    let kv = linear(y, m, &w.kv.weight, &w.kv.bias, 2 * d, d_other);
+    let k = columns(&kv, 2 * d, 0, d);
+    let v = columns(&kv, 2 * d, d, d);
+    let ctx = attention(&q, &k, &v, cu, cu_y, heads, d / heads, mask);
+    linear(&ctx, n, &w.out.weight, &w.out.bias, d, d)
+}
+
+/// FFN module output (before residual): `fc2(GELU(fc1 x))`.
+pub fn ffn(x: &[f32], d: usize, w: &FfnWeights) -> Vec<f32> {
+    let n = x.len() / d;
+    let mut h = linear(x, n, &w.fc1.weight, &w.fc1.bias, w.fc1.out, d);
+    gelu_in_place(&mut h);
+    linear(&h, n, &w.fc2.weight, &w.fc2.bias, d, w.fc2.inp)
+}
+
+/// One layer on compacted rows `x` (an `EncoderLayer` when `other` is None
+/// and the weights have no cross-attention, else a `CrossLayer`).
+///
+/// Pre-LN: `h = x + SA(LN1 x)`; `h = h + CA(LN2 h, y)`; `o = h + FFN(LN3 h)`.
+/// Post-LN: `h = LN1(x + SA x)`; `h = LN2(h + CA(h, y))`; `o = LN3(h + FFN h)`.
+pub fn layer(
+    s: &StreamConfig,
+    w: &LayerWeights,
+    x: &Packed,
+    other: Option<&Packed>,
+    self_mask: Option<&[u8]>,
+    cross_mask: Option<&[u8]>,
+) -> Vec<f32> {
+    let (d, hd, eps) = (s.hidden, s.heads, s.ln_eps);
+    let cu = &x.cu_seqlens;
+    let cross = |h: &[f32], y: &Packed, ca: &CrossAttentionWeights| {
+        cross_attention(h, cu, d, hd, &y.rows, &y.cu_seqlens, y.d, ca, cross_mask)
+    };
+    if s.pre_ln {
+        let mut h = x.rows.clone();
+        let a = self_attention(
+            &ln(&h, d, &w.self_attn.ln, eps),
+            cu,
+            d,
+            hd,
+            &w.self_attn,
+            self_mask,
+        );
+        add_in_place(&mut h, &a);
+        if let (Some(ca), Some(y)) = (&w.cross_attn, other) {
+            let c = cross(&ln(&h, d, &ca.ln, eps), y, ca);
+            add_in_place(&mut h, &c);
+        }
+        let f = ffn(&ln(&h, d, &w.ffn.ln, eps), d, &w.ffn);
+        add_in_place(&mut h, &f);
+        h
+    } else {
+        let mut h = x.rows.clone();
+        let a = self_attention(&h, cu, d, hd, &w.self_attn, self_mask);
+        add_in_place(&mut h, &a);
+        let mut h = ln(&h, d, &w.self_attn.ln, eps);
+        if let (Some(ca), Some(y)) = (&w.cross_attn, other) {
+            let c = cross(&h, y, ca);
+            add_in_place(&mut h, &c);
+            h = ln(&h, d, &ca.ln, eps);
+        }
+        let f = ffn(&h, d, &w.ffn);
+        add_in_place(&mut h, &f);
+        ln(&h, d, &w.ffn.ln, eps)
+    }
+}
+
+fn active_per_seq(mask: Option<&[u8]>, batch: usize, heads: usize) -> Vec<i32> {
+    (0..batch)
+        .map(|b| match mask {
+            None => heads as i32,
+            Some(m) => m[b * heads..(b + 1) * heads]
+                .iter()
+                .map(|&x| x as i32)
+                .sum(),
+        })
+        .collect()
+}
+
+/// The whole forward pass (DESIGN.md semantics). Inputs are validated first
+/// and every problem is reported in one [`Error::Input`].
+pub fn forward(weights: &Weights, inputs: &Inputs, options: &ForwardOptions) -> Result<Outputs> {
+    let cfg = &weights.config;
+    cfg.validate()?;
+    let ns = cfg.streams.len();
+    let mut errs = Vec::new();
+    if weights.streams.len() != ns {
+        return Err(Error::Weights(vec![format!(
+            "weights hold {} streams, config {ns}",
+            weights.streams.len()
+        )]));
+    }
+    for (s, w) in cfg.streams.iter().zip(&weights.streams) {
+        if w.layers.len() != s.layers.len() {
+            return Err(Error::Weights(vec![format!(
+                "stream `{}`: weights hold {} layers, config {}",
+                s.name,
+                w.layers.len(),
+                s.layers.len()
+            )]));
+        }
+    }
+    if inputs.streams.len() != ns {
+        return Err(Error::Input(vec![format!(
+            "{} stream inputs for a model of {ns} streams",
+            inputs.streams.len()
+        )]));
+    }
+    let mut xs: Vec<Packed> = Vec::new();
+    for ((s, w), inp) in cfg
+        .streams
+        .iter()
+        .zip(&weights.streams)
+        .zip(&inputs.streams)
+    {
+        if let Some(p) = embed(s, &w.embeddings, inp, &mut errs) {
+            xs.push(p);
+        }
+    }
+    let context: Option<Packed> = match cfg.kind {
+        ModelKind::CrossEncoder { context_hidden } => match &inputs.context {
+            None => {
+                errs.push("a cross encoder needs a context (the image rows)".into());
+                None
+            }
+            Some((rows, cu)) => {
+                let before = errs.len();
+                if rows.len() % context_hidden != 0 {
+                    errs.push(format!(
+                        "context: {} values is not a multiple of context_hidden {context_hidden}",
+                        rows.len()
+                    ));
+                } else {
+                    check_cu(cu, rows.len() / context_hidden, "context", &mut errs);
+                }
+                if rows.iter().any(|x| !x.is_finite()) {
+                    errs.push("context rows hold NaN or Inf".into());
+                }
+                (errs.len() == before)
+                    .then(|| Packed::new(rows.clone(), context_hidden, cu.clone()))
+            }
+        },
+        _ => None,
+    };
+    if errs.is_empty() {
+        let batch = xs[0].batch();
+        for (i, x) in xs.iter().enumerate().skip(1) {
+            if x.batch() != batch {
+                errs.push(format!(
+                    "stream `{}` has batch {} but stream `{}` has {batch}",
+                    cfg.streams[i].name,
+                    x.batch(),
+                    cfg.streams[0].name
+                ));
+            }
+        }
+        if let Some(c) = &context {
+            if c.batch() != batch {
+                errs.push(format!(
+                    "context has batch {} but the text has {batch}",
+                    c.batch()
+                ));
+            }
+        }
+    }
+    if !errs.is_empty() {
+        return Err(Error::Input(errs));
+    }
+    let batch = xs[0].batch();
+    let dense = options.dense;
+    let nl = cfg.streams[0].layers.len();
+    let other_of = |xs: &[Packed], si: usize| -> Option<Packed> {
+        match cfg.kind {
+            ModelKind::Encoder => None,
+            ModelKind::CoAttention => Some(xs[1 - si].clone()),
+            ModelKind::CrossEncoder { .. } => context.clone(),
+        }
+    };
+    let initial_lengths: Vec<Vec<i32>> = xs.iter().map(|x| x.lengths()).collect();
+    let mut records: Vec<Vec<LayerRecord>> = vec![Vec::new(); ns];
+    for l in 0..nl {
+        // 1. token pruners score the entering rows (each sees the other's entering rows).
+        let mut keeps: Vec<Option<(Vec<f32>, Vec<bool>)>> = Vec::new();
+        for (si, s) in cfg.streams.iter().enumerate() {
+            let lw = &weights.streams[si].layers[l];
+            let lc = &s.layers[l];
+            keeps.push(match (&lw.token_pruner, &lc.token_pruner) {
+                (Some(tw), Some(tc)) if !dense => {
+                    let x = &xs[si];
+                    let o = other_of(&xs, si);
+                    let sc = token_scores(
+                        &x.rows,
+                        &x.cu_seqlens,
+                        o.as_ref().map(|o| (&o.rows[..], &o.cu_seqlens[..])),
+                        tw,
+                        s.ln_eps,
+                    );
+                    let k = keep_rows(&sc, &x.cu_seqlens, &x.orig_index, &tc.rule, tc.keep_first);
+                    Some((sc, k))
+                }
+                _ => None,
+            });
+        }
+        // 2. compaction of every stream.
+        let mut compacted = Vec::with_capacity(ns);
+        let mut partial: Vec<LayerRecord> = Vec::with_capacity(ns);
+        for (si, kk) in keeps.into_iter().enumerate() {
+            let x = &xs[si];
+            let rows_in = x.lengths();
+            let orig_index_in = x.orig_index.clone();
+            let (c, kept, scores, keep) = match kk {
+                Some((sc, k)) => {
+                    let (c, kept) = compact(x, &k);
+                    (c, kept, Some(sc), Some(k))
+                }
+                None => (x.clone(), rows_in.clone(), None, None),
+            };
+            compacted.push(c);
+            partial.push(LayerRecord {
+                rows_in,
+                orig_index_in,
+                scores,
+                keep,
+                kept,
+                self_heads: None,
+                cross_heads: None,
+                active_self_heads: Vec::new(),
+                active_cross_heads: Vec::new(),
+                flops: Vec::new(),
+            });
+        }
+        // 3. head pruners on the compacted rows; 4. the layer.
+        let mut outs = Vec::with_capacity(ns);
+        for (si, s) in cfg.streams.iter().enumerate() {
+            let lw = &weights.streams[si].layers[l];
+            let lc = &s.layers[l];
+            let x = &compacted[si];
+            let other = other_of(&compacted, si);
+            let o_ref = other.as_ref().map(|o| (&o.rows[..], &o.cu_seqlens[..]));
+            let run_hp = |hw: Option<&crate::spec::HeadPrunerWeights>,
+                          hc: &Option<crate::spec::HeadPrunerConfig>| {
+                match (hw, hc) {
+                    (Some(hw), Some(hc)) if !dense => {
+                        let logits = head_logits(&x.rows, &x.cu_seqlens, o_ref, hw, s.ln_eps);
+                        let mask = head_mask(&logits, s.heads, hc.tau_h, hc.min_heads);
+                        Some(HeadRecord { logits, mask })
+                    }
+                    _ => None,
+                }
+            };
+            let sh = run_hp(lw.self_attn.head_pruner.as_ref(), &lc.self_head_pruner);
+            let ch = run_hp(
+                lw.cross_attn.as_ref().and_then(|c| c.head_pruner.as_ref()),
+                &lc.cross_head_pruner,
+            );
+            let y = layer(
+                s,
+                lw,
+                x,
+                other.as_ref(),
+                sh.as_ref().map(|h| &h.mask[..]),
+                ch.as_ref().map(|h| &h.mask[..]),
+            );
+            let rec = &mut partial[si];
+            rec.active_self_heads =
+                active_per_seq(sh.as_ref().map(|h| &h.mask[..]), batch, s.heads);
+            rec.active_cross_heads = if lw.cross_attn.is_some() {
+                active_per_seq(ch.as_ref().map(|h| &h.mask[..]), batch, s.heads)
+            } else {
+                vec![0; batch]
+            };
+            let lcx = if dense {
+                crate::spec::LayerConfig::default()
+            } else {
+                lc.clone()
+            };
+            let lcx = crate::spec::LayerConfig {
+                token_pruner: lcx.token_pruner.filter(|_| lw.token_pruner.is_some()),
+                self_head_pruner: lcx.self_head_pruner.filter(|_| sh.is_some()),
+                cross_head_pruner: lcx.cross_head_pruner.filter(|_| ch.is_some()),
+            };
+            rec.flops = (0..batch)
+                .map(|b| {
+                    layer_flops(
+                        s,
+                        &lcx,
+                        cfg.other_hidden(si),
+                        &LayerCounts {
+                            rows_in: rec.rows_in[b] as usize,
+                            rows_kept: rec.kept[b] as usize,
+                            other_rows: other.as_ref().map(|o| o.len(b)),
+                            self_heads: rec.active_self_heads[b] as usize,
+                            cross_heads: rec.active_cross_heads[b] as usize,
+                        },
+                    )
+                })
+                .collect();
+            outs.push(Packed {
+                rows: y,
+                ..x.clone()
+            });
+        }
+        for (si, r) in partial.into_iter().enumerate() {
+            records[si].push(r);
+        }
+        xs = outs;
+    }
+    // final LN, pooling, FLOPs.
+    let mut streams = Vec::with_capacity(ns);
+    let mut total = vec![SequenceFlops::default(); batch];
+    for (si, (s, mut x)) in cfg.streams.iter().zip(xs).enumerate() {
+        if let Some(f) = &weights.streams[si].final_ln {
+            x.rows = ln(&x.rows, s.hidden, f, s.ln_eps);
+        }
+        let d = s.hidden;
+        let mut pooled_first = vec![0.0f32; batch * d];
+        let mut pooled_mean = vec![0.0f32; batch * d];
+        for b in 0..batch {
+            let (lo, hi) = (x.cu_seqlens[b] as usize, x.cu_seqlens[b + 1] as usize);
+            if hi > lo {
+                pooled_first[b * d..(b + 1) * d].copy_from_slice(&x.rows[lo * d..(lo + 1) * d]);
+            }
+            pooled_mean[b * d..(b + 1) * d].copy_from_slice(&mean_rows(&x.rows, d, lo, hi));
+        }
+        let emb = embedding_flops(s);
+        let other_d = cfg.other_hidden(si);
+        let flops: Vec<SequenceFlops> = (0..batch)
+            .map(|b| {
+                let mut pruned = Flops {
+                    model: emb,
+                    executed: emb,
+                };
+                for r in &records[si] {
+                    pruned += r.flops[b];
+                }
+                let n = initial_lengths[si][b] as usize;
+                let other_rows = match cfg.kind {
+                    ModelKind::Encoder => None,
+                    ModelKind::CoAttention => Some(initial_lengths[1 - si][b] as usize),
+                    ModelKind::CrossEncoder { .. } => context.as_ref().map(|c| c.len(b)),
+                };
+                let dl = dense_layer_flops(s, other_d, n, other_rows);
+                let dense_total = emb + dl * s.layers.len() as u64;
+                SequenceFlops {
+                    pruned,
+                    dense: Flops {
+                        model: dense_total,
+                        executed: dense_total,
+                    },
+                }
+            })
+            .collect();
+        for (t, f) in total.iter_mut().zip(&flops) {
+            t.pruned += f.pruned;
+            t.dense += f.dense;
+        }
+        streams.push(StreamOutput {
+            name: s.name.clone(),
+            packed: x,
+            pooled_first,
+            pooled_mean,
+            layers: std::mem::take(&mut records[si]),
+            flops,
+        });
+    }
+    Ok(Outputs {
+        streams,
+        flops: total,
+    })
+}

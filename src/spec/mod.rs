@@ -1,0 +1,17 @@
+//! The model's description shared by the CPU reference and the GPU pass:
+//! configs ([`config`]), host-side weights and their file format
+//! ([`weights`]), FLOPs accounting ([`flops`]).
+
+pub mod config;
+pub mod flops;
+pub mod weights;
+
+pub use config::{
+    preset, EmbeddingConfig, HeadPrunerConfig, KeepRule, LayerConfig, ModelConfig, ModelKind,
+    StreamConfig, TokenPrunerConfig, PRESETS,
+};
+pub use flops::{Flops, LayerCounts, SequenceFlops};
+pub use weights::{
+    CrossAttentionWeights, EmbeddingWeights, FfnWeights, HeadPrunerWeights, LayerNormWeights,
+    LayerWeights, Linear, Rng, SelfAttentionWeights, StreamWeights, TokenPrunerWeights, Weights,
+};
