@@ -1,87 +1,20 @@
-//! Sparse-head ragged attention (`kernels/attention.cu`) against an f64 CPU
-//! attention on the same f16-rounded inputs: self- and cross-attention, dh 64
+//! Sparse-head ragged attention (`kernels/attention.cu`) against the CPU
+//! reference (`smarttrim::reference::attention::attention`, f32) on the same
+//! f16-rounded inputs: self- and cross-attention, dh 64
 //! and 32, ragged batches of 8 mixing 1..1025 query and 1..1300 key rows, all
 //! heads / 9-6-3 heads / one head active, NaN-poisoned outputs, inactive
 //! heads exactly zero. Plus an always-running check that no attention kernel
 //! spills registers.
 
 use half::f16;
-use rayon::prelude::*;
 use smarttrim::ops::{
     build_active_heads, cross_attention, self_attention, AttentionShape, DenseAttentionBaseline,
     HeadSelection,
 };
 
-use crate::common::*;
+use smarttrim::reference::attention::attention as reference_attention;
 
-/// f64 multi-head attention over packed ragged sequences, the semantics of
-/// `smarttrim::reference::attention::attention` (contract.md): q `[Nq, H*dh]`,
-/// k and v `[Nk, H*dh]`, sequence b's queries attend to its keys, scale
-/// 1/sqrt(dh), inactive heads (mask 0) exactly 0.
-#[allow(clippy::too_many_arguments)]
-fn cpu_attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    cu_q: &[i32],
-    cu_k: &[i32],
-    heads: usize,
-    dh: usize,
-    head_mask: Option<&[u8]>,
-) -> Vec<f32> {
-    let d = heads * dh;
-    let nq = q.len() / d;
-    let batch = cu_q.len() - 1;
-    let scale = 1.0 / (dh as f64).sqrt();
-    // One task per (sequence, head): its [len_q, dh] block of the output.
-    let blocks: Vec<(usize, usize, Vec<f32>)> = (0..batch * heads)
-        .into_par_iter()
-        .map(|bh| {
-            let (b, h) = (bh / heads, bh % heads);
-            let (q0, q1) = (cu_q[b] as usize, cu_q[b + 1] as usize);
-            let (k0, k1) = (cu_k[b] as usize, cu_k[b + 1] as usize);
-            let mut o = vec![0f32; (q1 - q0) * dh];
-            if head_mask.is_some_and(|m| m[bh] == 0) || k1 == k0 {
-                return (b, h, o);
-            }
-            let mut s = vec![0f64; k1 - k0];
-            for i in q0..q1 {
-                let qi = &q[i * d + h * dh..i * d + (h + 1) * dh];
-                let mut mx = f64::NEG_INFINITY;
-                for (j, sj) in (k0..k1).zip(s.iter_mut()) {
-                    let kj = &k[j * d + h * dh..j * d + (h + 1) * dh];
-                    let dot: f64 = qi.iter().zip(kj).map(|(a, b)| *a as f64 * *b as f64).sum();
-                    *sj = dot * scale;
-                    mx = mx.max(*sj);
-                }
-                let mut sum = 0f64;
-                for sj in s.iter_mut() {
-                    *sj = (*sj - mx).exp();
-                    sum += *sj;
-                }
-                let mut acc = vec![0f64; dh];
-                for (j, sj) in (k0..k1).zip(&s) {
-                    let vj = &v[j * d + h * dh..j * d + (h + 1) * dh];
-                    for (a, x) in acc.iter_mut().zip(vj) {
-                        *a += sj * *x as f64;
-                    }
-                }
-                for (c, a) in acc.iter().enumerate() {
-                    o[(i - q0) * dh + c] = (a / sum) as f32;
-                }
-            }
-            (b, h, o)
-        })
-        .collect();
-    let mut out = vec![0f32; nq * d];
-    for (b, h, o) in blocks {
-        let q0 = cu_q[b] as usize;
-        for (r, row) in o.chunks(dh).enumerate() {
-            out[(q0 + r) * d + h * dh..(q0 + r) * d + (h + 1) * dh].copy_from_slice(row);
-        }
-    }
-    out
-}
+use crate::common::*;
 
 fn cu_of(lens: &[usize]) -> Vec<i32> {
     let mut cu = vec![0i32];
@@ -214,7 +147,7 @@ fn run_family(test: &str, kind: Kind, dh: usize, q_lens: &[usize], k_lens: &[usi
             columns(&kvmat, 2 * d, d, d),
         ),
     };
-    let full = cpu_attention(&q, &k, &v, &cu_q, &cu_k, heads, dh, None);
+    let full = reference_attention(&q, &k, &v, &cu_q, &cu_k, heads, dh, None);
 
     let shape = AttentionShape {
         batch,
@@ -341,7 +274,7 @@ fn dense_baseline_matches_cpu() {
         columns(&qkv, 3 * d, d, d),
         columns(&qkv, 3 * d, 2 * d, d),
     );
-    let want = cpu_attention(&q, &k, &v, &cu, &cu, heads, dh, None);
+    let want = reference_attention(&q, &k, &v, &cu, &cu, heads, dh, None);
     let shape = AttentionShape {
         batch: lens.len(),
         heads,
