@@ -5,6 +5,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
+mod attention;
 mod common;
 mod prune;
 
@@ -20,5 +21,9 @@ fn score(c: &mut Criterion) {
     prune::score_group(c);
 }
 
-criterion_group!(benches, layernorm, compact, score);
+fn attention(c: &mut Criterion) {
+    attention::attention_group(c);
+}
+
+criterion_group!(benches, layernorm, compact, score, attention);
 criterion_main!(benches);

@@ -3,12 +3,17 @@
 //! [`Error`](crate::Error) instead of launching on inconsistent input. All
 //! `unsafe` launch code of the crate lives in this module.
 
+pub mod attention;
 pub mod compact;
 pub mod elementwise;
 pub mod gemm;
 pub mod layernorm;
 pub mod score;
 
+pub use attention::{
+    build_active_heads, cross_attention, self_attention, validate_attention, AttentionBuffers,
+    AttentionLayout, AttentionShape, DenseAttentionBaseline, HeadSelection,
+};
 pub use compact::{
     compact, validate_compact, CompactInputs, CompactLens, CompactOutputs, CompactShape,
     KeepRuleDev,
