@@ -83,3 +83,130 @@ extern "C" __global__ void layernorm_f16(const __half* __restrict__ x,
         store_half8(orow + v * 8, float_to_half8(a));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Bias + GELU, bias + residual, pooling.
+//
+// Floors: bias_gelu reads and writes the matrix once (4 bytes/element),
+// bias_residual reads two matrices and writes one (6 bytes/element), the
+// pools read each pooled row once and write [B, D].
+
+struct ColsShape {
+    int rows;  // host upper bound on the number of rows
+    int n;     // row width; a multiple of 8
+};
+
+// x[r, c] = GELU(x[r, c] + bias[c]) in place. One thread per 16-byte vector;
+// vector v covers columns (v % (n/8)) * 8 .. +8 of row v / (n/8).
+extern "C" __global__ void bias_gelu_f16(__half* __restrict__ x, const __half* __restrict__ bias,
+                                         const int* __restrict__ rows_dev, ColsShape shape) {
+    const int rows = effective_rows(shape.rows, rows_dev);
+    const int vpr = shape.n >> 3;
+    const size_t total = static_cast<size_t>(rows) * vpr;
+    for (size_t v = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < total;
+         v += static_cast<size_t>(gridDim.x) * blockDim.x) {
+        const int col = static_cast<int>(v % vpr) * 8;
+        float a[8], bb[8];
+        half8_to_float(load_half8(x + v * 8), a);
+        half8_to_float(load_half8(bias + col), bb);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) a[i] = gelu_erf(a[i] + bb[i]);
+        store_half8(x + v * 8, float_to_half8(a));
+    }
+}
+
+// x[r, c] += bias[c] + residual[r, c] in place (the sum in f32, one rounding).
+extern "C" __global__ void bias_residual_f16(__half* __restrict__ x,
+                                             const __half* __restrict__ bias,
+                                             const __half* __restrict__ residual,
+                                             const int* __restrict__ rows_dev, ColsShape shape) {
+    const int rows = effective_rows(shape.rows, rows_dev);
+    const int vpr = shape.n >> 3;
+    const size_t total = static_cast<size_t>(rows) * vpr;
+    for (size_t v = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < total;
+         v += static_cast<size_t>(gridDim.x) * blockDim.x) {
+        const int col = static_cast<int>(v % vpr) * 8;
+        float a[8], bb[8], r[8];
+        half8_to_float(load_half8(x + v * 8), a);
+        half8_to_float(load_half8(bias + col), bb);
+        half8_to_float(load_half8(residual + v * 8), r);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) a[i] += bb[i] + r[i];
+        store_half8(x + v * 8, float_to_half8(a));
+    }
+}
+
+#define POOL_COLS_VECS 32  // 16-byte column vectors per block (256 columns)
+#define POOL_ROW_GROUPS 8  // row strides per block
+
+struct PoolShape {
+    int batch;
+    int d;  // a multiple of 8
+};
+
+// out[b, :] = mean of rows cu[b] .. cu[b+1] (zeros for an empty sequence),
+// accumulated in f32. Block (32, 8): threadIdx.x picks a 16-byte column
+// vector (blockIdx.x * 32 + threadIdx.x), threadIdx.y strides over the rows by
+// 8; the 8 partial sums meet in shared memory. Grid (ceil(d / 256), batch).
+// Writes f32 to out_f32 and/or f16 to out_f16 (either may be null).
+extern "C" __global__ void __launch_bounds__(32 * POOL_ROW_GROUPS)
+    mean_pool_f16(const __half* __restrict__ x, const int* __restrict__ cu_seqlens,
+                  float* __restrict__ out_f32, __half* __restrict__ out_f16, PoolShape shape) {
+    __shared__ float part[POOL_ROW_GROUPS][POOL_COLS_VECS * 8 + 4];
+    const int b = blockIdx.y;
+    const int cv = blockIdx.x * POOL_COLS_VECS + threadIdx.x;
+    const int vpr = shape.d >> 3;
+    const int begin = cu_seqlens[b];
+    const int n = cu_seqlens[b + 1] - begin;
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if (cv < vpr) {
+        for (int i = threadIdx.y; i < n; i += POOL_ROW_GROUPS) {
+            float a[8];
+            half8_to_float(load_half8(x + static_cast<size_t>(begin + i) * shape.d + cv * 8), a);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) acc[k] += a[k];
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < 8; ++k) part[threadIdx.y][threadIdx.x * 8 + k] = acc[k];
+    __syncthreads();
+    if (threadIdx.y == 0 && cv < vpr) {
+        const float inv = n > 0 ? 1.f / static_cast<float>(n) : 0.f;
+        float m[8];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            float s = 0.f;
+#pragma unroll
+            for (int g = 0; g < POOL_ROW_GROUPS; ++g) s += part[g][threadIdx.x * 8 + k];
+            m[k] = s * inv;
+        }
+        const size_t o = static_cast<size_t>(b) * shape.d + cv * 8;
+        if (out_f32 != nullptr) {
+#pragma unroll
+            for (int k = 0; k < 8; ++k) out_f32[o + k] = m[k];
+        }
+        if (out_f16 != nullptr) store_half8(out_f16 + o, float_to_half8(m));
+    }
+}
+
+// out[b, :] = x[cu[b], :] (first-token / CLS pooling; zeros for an empty
+// sequence). One warp per sequence, 16-byte vectors.
+extern "C" __global__ void first_token_f16(const __half* __restrict__ x,
+                                           const int* __restrict__ cu_seqlens,
+                                           __half* __restrict__ out, PoolShape shape) {
+    const int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (b >= shape.batch) return;
+    const int begin = cu_seqlens[b];
+    const bool empty = cu_seqlens[b + 1] <= begin;
+    for (int v = lane; v < (shape.d >> 3); v += 32) {
+        half8 h;
+        if (empty) {
+            const float z[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+            h = float_to_half8(z);
+        } else {
+            h = load_half8(x + static_cast<size_t>(begin) * shape.d + v * 8);
+        }
+        store_half8(out + static_cast<size_t>(b) * shape.d + v * 8, h);
+    }
+}

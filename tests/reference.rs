@@ -754,3 +754,144 @@ fn meter_timing() {
         );
     }
 }
+
+#[test]
+fn formats_md_json_examples_parse() {
+    let doc = include_str!("../docs/FORMATS.md");
+    let mut n = 0;
+    for block in doc.split("```json").skip(1) {
+        let json = block.split("```").next().unwrap();
+        let c = ModelConfig::from_json(json).unwrap_or_else(|e| panic!("{e}\n{json}"));
+        Weights::random(&c, 0).unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 4);
+}
+
+#[test]
+fn pruners_see_entering_rows_then_compacted_rows() {
+    use smarttrim::reference::pruner::{head_logits, token_scores};
+    let c = preset("tiny-meter").unwrap(); // no pruners at layer 0, all kinds at layer 1
+    let w = Weights::random(&c, 21).unwrap();
+    let inputs = meter_inputs(&c, &[6, 9], &[17, 12], 4);
+    let out = forward(&w, &inputs, &ForwardOptions::default()).unwrap();
+    let to_packed = |i: &StreamInput| match i {
+        StreamInput::Packed { rows, cu_seqlens } => {
+            Packed::new(rows.clone(), 64, cu_seqlens.clone())
+        }
+        _ => unreachable!(),
+    };
+    let (t0, i0) = (to_packed(&inputs.streams[0]), to_packed(&inputs.streams[1]));
+    let (st, si) = (&c.streams[0], &c.streams[1]);
+    let (wt, wi) = (&w.streams[0].layers, &w.streams[1].layers);
+    let t1 = Packed {
+        rows: layer(st, &wt[0], &t0, Some(&i0), None, None),
+        ..t0.clone()
+    };
+    let i1 = Packed {
+        rows: layer(si, &wi[0], &i0, Some(&t0), None, None),
+        ..i0.clone()
+    };
+    // token scores at layer 1: own entering rows, other's entering rows (unpruned)
+    let tp_t = wt[1].token_pruner.as_ref().unwrap();
+    let tp_i = wi[1].token_pruner.as_ref().unwrap();
+    let st1 = token_scores(
+        &t1.rows,
+        &t1.cu_seqlens,
+        Some((&i1.rows, &i1.cu_seqlens)),
+        tp_t,
+        1e-12,
+    );
+    let si1 = token_scores(
+        &i1.rows,
+        &i1.cu_seqlens,
+        Some((&t1.rows, &t1.cu_seqlens)),
+        tp_i,
+        1e-12,
+    );
+    let rec_t = &out.streams[0].layers[1];
+    let rec_i = &out.streams[1].layers[1];
+    assert_eq!(rec_t.scores.as_ref().unwrap(), &st1);
+    assert_eq!(rec_i.scores.as_ref().unwrap(), &si1);
+    // head pruners: compacted own rows, compacted other rows
+    let (tc, _) = compact(&t1, rec_t.keep.as_ref().unwrap());
+    let (ic, _) = compact(&i1, rec_i.keep.as_ref().unwrap());
+    let hp = wt[1]
+        .cross_attn
+        .as_ref()
+        .unwrap()
+        .head_pruner
+        .as_ref()
+        .unwrap();
+    let a = head_logits(
+        &tc.rows,
+        &tc.cu_seqlens,
+        Some((&ic.rows, &ic.cu_seqlens)),
+        hp,
+        1e-12,
+    );
+    assert_eq!(rec_t.cross_heads.as_ref().unwrap().logits, a);
+    let hp = wi[1].self_attn.head_pruner.as_ref().unwrap();
+    let a = head_logits(
+        &ic.rows,
+        &ic.cu_seqlens,
+        Some((&tc.rows, &tc.cu_seqlens)),
+        hp,
+        1e-12,
+    );
+    assert_eq!(rec_i.self_heads.as_ref().unwrap().logits, a);
+    // the layer: cross keys/values are the other's compacted entering rows
+    let sm = &rec_t.self_heads.as_ref().unwrap().mask;
+    let cm = &rec_t.cross_heads.as_ref().unwrap().mask;
+    let t2 = layer(st, &wt[1], &tc, Some(&ic), Some(sm), Some(cm));
+    let rec_t2 = &out.streams[0].layers[2];
+    // layer 2 entering rows are t2: its recorded scores must match
+    let tp2 = wt[2].token_pruner.as_ref().unwrap();
+    let sm_i = &rec_i.self_heads.as_ref().unwrap().mask;
+    let cm_i = &rec_i.cross_heads.as_ref().unwrap().mask;
+    let i2 = layer(si, &wi[1], &ic, Some(&tc), Some(sm_i), Some(cm_i));
+    let s2 = token_scores(&t2, &tc.cu_seqlens, Some((&i2, &ic.cu_seqlens)), tp2, 1e-12);
+    assert_eq!(rec_t2.scores.as_ref().unwrap(), &s2);
+    assert_eq!(rec_t2.orig_index_in, tc.orig_index);
+}
+
+#[test]
+fn hf_roberta_config_sets_position_offset() {
+    let hf = r#"{"model_type":"roberta","vocab_size":50,"hidden_size":32,"num_hidden_layers":1,
+        "num_attention_heads":2,"intermediate_size":64,"max_position_embeddings":20,
+        "type_vocab_size":1,"pad_token_id":1,"layer_norm_eps":1e-5}"#;
+    let c = ModelConfig::from_hf_bert_config(hf).unwrap();
+    match &c.streams[0].embedding {
+        smarttrim::spec::EmbeddingConfig::Bert {
+            position_offset, ..
+        } => {
+            assert_eq!(*position_offset, 2)
+        }
+        e => panic!("{e:?}"),
+    }
+    let bad = r#"{"hidden_size":32}"#;
+    assert!(matches!(
+        ModelConfig::from_hf_bert_config(bad),
+        Err(Error::Config(_))
+    ));
+}
+
+#[test]
+fn inconsistent_weights_are_an_error_not_a_panic() {
+    let c = preset("tiny-meter").unwrap();
+    let mut w = Weights::random(&c, 2).unwrap();
+    w.check().unwrap();
+    w.streams[1].layers[2].ffn.fc1.weight.pop();
+    w.streams[0].layers[1].token_pruner = None;
+    let inputs = meter_inputs(&c, &[3], &[4], 1);
+    assert!(matches!(
+        forward(&w, &inputs, &ForwardOptions::default()),
+        Err(Error::Weights(_))
+    ));
+    let mut w = Weights::random(&c, 2).unwrap();
+    w.streams[1].layers[2].ffn.fc1.weight.pop();
+    match w.check() {
+        Err(Error::Weights(p)) => assert!(p[0].contains("image.layers.2.ffn.fc1.weight"), "{p:?}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -5,11 +5,25 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
+mod attention;
 mod common;
+mod prune;
 
 fn layernorm(c: &mut Criterion) {
     common::layernorm_group(c);
 }
 
-criterion_group!(benches, layernorm);
+fn compact(c: &mut Criterion) {
+    prune::compact_group(c);
+}
+
+fn score(c: &mut Criterion) {
+    prune::score_group(c);
+}
+
+fn attention(c: &mut Criterion) {
+    attention::attention_group(c);
+}
+
+criterion_group!(benches, layernorm, compact, score, attention);
 criterion_main!(benches);

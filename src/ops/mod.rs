@@ -3,11 +3,31 @@
 //! [`Error`](crate::Error) instead of launching on inconsistent input. All
 //! `unsafe` launch code of the crate lives in this module.
 
+pub mod attention;
+pub mod compact;
+pub mod elementwise;
 pub mod gemm;
 pub mod layernorm;
+pub mod score;
 
+pub use attention::{
+    build_active_heads, cross_attention, self_attention, validate_attention, AttentionBuffers,
+    AttentionLayout, AttentionShape, DenseAttentionBaseline, HeadSelection,
+};
+pub use compact::{
+    compact, validate_compact, CompactInputs, CompactLens, CompactOutputs, CompactShape,
+    KeepRuleDev,
+};
+pub use elementwise::{
+    bias_gelu, bias_residual, first_token, mean_pool, ColsShape, PoolOut, PoolShape,
+};
 pub use gemm::{Blas, Epilogue, LinearShape};
 pub use layernorm::{layer_norm, layer_norm_ext, LayerNormExtras, LayerNormLens, LayerNormShape};
+pub use score::{
+    head_scores, score_dot, token_scores, validate_head_scores, validate_token_scores,
+    HeadPrunerDev, HeadScoreOutputs, HeadScoreWorkspace, LnDev, OtherStream, PrunerInput,
+    TokenPrunerDev, TokenScoreOutputs, TokenScoreWorkspace,
+};
 
 use crate::{Error, Result};
 
@@ -45,5 +65,33 @@ pub(crate) fn check_aligned(op: &'static str, name: &str, ptr: u64, align: u64) 
         ))
     } else {
         Ok(())
+    }
+}
+
+/// A nullable device pointer: the pointer and its guard, or `(0, None)`.
+pub(crate) fn opt_ptr<'a, T, P: cudarc::driver::DevicePtr<T> + ?Sized>(
+    p: Option<&'a P>,
+    stream: &'a cudarc::driver::CudaStream,
+) -> (u64, Option<cudarc::driver::SyncOnDrop<'a>>) {
+    match p {
+        Some(p) => {
+            let (ptr, g) = p.device_ptr(stream);
+            (ptr, Some(g))
+        }
+        None => (0, None),
+    }
+}
+
+/// A nullable mutable device pointer: the pointer and its guard, or `(0, None)`.
+pub(crate) fn opt_ptr_mut<'a, T, P: cudarc::driver::DevicePtrMut<T> + ?Sized>(
+    p: Option<&'a mut P>,
+    stream: &'a cudarc::driver::CudaStream,
+) -> (u64, Option<cudarc::driver::SyncOnDrop<'a>>) {
+    match p {
+        Some(p) => {
+            let (ptr, g) = p.device_ptr_mut(stream);
+            (ptr, Some(g))
+        }
+        None => (0, None),
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! - [`ops`]: LayerNorm, GELU, sigmoid, `x W^T` GEMM.
 //! - [`pruner`]: token scores, keep rules, head logits and masks.
-//! - [`compact`]: packed rows and masked compaction.
-//! - [`attention`]: multi-head attention over packed ragged sequences.
+//! - [`compact`](mod@compact): packed rows and masked compaction.
+//! - [`attention`](mod@attention): multi-head attention over packed ragged sequences.
 //! - [`model`]: embeddings, layers and [`forward`].
 
 pub mod attention;

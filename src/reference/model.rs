@@ -478,16 +478,7 @@ pub fn forward(weights: &Weights, inputs: &Inputs, options: &ForwardOptions) -> 
             weights.streams.len()
         )]));
     }
-    for (s, w) in cfg.streams.iter().zip(&weights.streams) {
-        if w.layers.len() != s.layers.len() {
-            return Err(Error::Weights(vec![format!(
-                "stream `{}`: weights hold {} layers, config {}",
-                s.name,
-                w.layers.len(),
-                s.layers.len()
-            )]));
-        }
-    }
+    weights.check()?;
     if inputs.streams.len() != ns {
         return Err(Error::Input(vec![format!(
             "{} stream inputs for a model of {ns} streams",
@@ -683,6 +674,8 @@ pub fn forward(weights: &Weights, inputs: &Inputs, options: &ForwardOptions) -> 
                     )
                 })
                 .collect();
+            rec.self_heads = sh;
+            rec.cross_heads = ch;
             outs.push(Packed {
                 rows: y,
                 ..x.clone()

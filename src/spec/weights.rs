@@ -51,7 +51,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
+
+/// Elements per independently seeded chunk in [`Weights::random`].
+const RANDOM_CHUNK: usize = 1 << 16;
 
 pub use super::config::KeepRule;
 use super::config::{EmbeddingConfig, ModelConfig, StreamConfig};
@@ -564,6 +568,113 @@ impl Weights {
         }
     }
 
+    /// Element counts of every tensor, in the order of the naming scheme
+    /// (a read-only mirror of the visitor, for [`Weights::check`]).
+    fn data_lens(&self) -> Vec<usize> {
+        fn ln(v: &mut Vec<usize>, l: &LayerNormWeights) {
+            v.extend([l.gamma.len(), l.beta.len()]);
+        }
+        fn lin(v: &mut Vec<usize>, l: &Linear) {
+            v.extend([l.weight.len(), l.bias.len()]);
+        }
+        fn hp(v: &mut Vec<usize>, h: &HeadPrunerWeights) {
+            v.extend([h.ln_h_gamma.len(), h.ln_h_beta.len()]);
+            if let (Some(_), Some(g), Some(b)) = (h.d_other, &h.ln_hc_gamma, &h.ln_hc_beta) {
+                v.extend([g.len(), b.len()]);
+            }
+            v.extend([h.w1.len(), h.b1.len(), h.w2.len(), h.b2.len()]);
+        }
+        let mut v = Vec::new();
+        for sw in &self.streams {
+            match &sw.embeddings {
+                EmbeddingWeights::None => {}
+                EmbeddingWeights::Vit {
+                    patch,
+                    cls,
+                    position,
+                } => {
+                    lin(&mut v, patch);
+                    v.extend([cls.len(), position.len()]);
+                }
+                EmbeddingWeights::Bert {
+                    word,
+                    position,
+                    token_type,
+                    ln: l,
+                } => {
+                    v.extend([word.len(), position.len(), token_type.len()]);
+                    ln(&mut v, l);
+                }
+            }
+            for lw in &sw.layers {
+                if let Some(t) = &lw.token_pruner {
+                    v.extend([t.ln_p_gamma.len(), t.ln_p_beta.len()]);
+                    if let (Some(_), Some(g), Some(b)) = (t.d_other, &t.ln_c_gamma, &t.ln_c_beta) {
+                        v.extend([g.len(), b.len()]);
+                    }
+                    v.extend([t.w1x.len(), t.w1s.len()]);
+                    if let (Some(_), Some(w)) = (t.d_other, &t.w1c) {
+                        v.push(w.len());
+                    }
+                    v.extend([t.b1.len(), t.w2.len(), 1]);
+                }
+                lin(&mut v, &lw.self_attn.qkv);
+                lin(&mut v, &lw.self_attn.out);
+                ln(&mut v, &lw.self_attn.ln);
+                if let Some(h) = &lw.self_attn.head_pruner {
+                    hp(&mut v, h);
+                }
+                if let Some(ca) = &lw.cross_attn {
+                    lin(&mut v, &ca.q);
+                    lin(&mut v, &ca.kv);
+                    lin(&mut v, &ca.out);
+                    ln(&mut v, &ca.ln);
+                    if let Some(h) = &ca.head_pruner {
+                        hp(&mut v, h);
+                    }
+                }
+                lin(&mut v, &lw.ffn.fc1);
+                lin(&mut v, &lw.ffn.fc2);
+                ln(&mut v, &lw.ffn.ln);
+            }
+            if let Some(l) = &sw.final_ln {
+                ln(&mut v, l);
+            }
+        }
+        v
+    }
+
+    /// Checks that every tensor of these weights has the size its config
+    /// asks for (weights built by hand or modified through the public fields),
+    /// listing every mismatch in [`Error::Weights`]. [`Weights::zeros`],
+    /// [`Weights::random`] and the loaders always produce consistent weights.
+    pub fn check(&self) -> Result<()> {
+        let specs = Self::tensor_specs(&self.config)?;
+        let lens = self.data_lens();
+        let mut errs = Vec::new();
+        if specs.len() != lens.len() {
+            errs.push(format!(
+                "weights hold {} tensors but the config needs {} (pruners or layers differ)",
+                lens.len(),
+                specs.len()
+            ));
+        } else {
+            for ((name, shape), len) in specs.iter().zip(&lens) {
+                let want: usize = shape.iter().product();
+                if want != *len {
+                    errs.push(format!(
+                        "tensor `{name}` holds {len} values, expected {want} ({shape:?})"
+                    ));
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Weights(errs))
+        }
+    }
+
     /// Every tensor name the config needs, with its shape, in a fixed order.
     pub fn tensor_specs(config: &ModelConfig) -> Result<Vec<(String, Vec<usize>)>> {
         let mut w = Weights::zeros(config)?;
@@ -593,18 +704,25 @@ impl Weights {
     pub fn random(config: &ModelConfig, seed: u64) -> Result<Self> {
         let mut w = Weights::zeros(config)?;
         w.visit(&mut |name, shape, init, data| {
-            let mut rng = Rng::new(seed ^ fnv1a(name.as_bytes()));
+            let base = seed ^ fnv1a(name.as_bytes());
             let fan_in = shape.last().copied().unwrap_or(1).max(1) as f32;
-            for x in data.iter_mut() {
-                *x = match init {
-                    Init::Linear | Init::Bias | Init::Beta => 0.02 * rng.normal(),
-                    Init::Gamma => 1.0 + 0.02 * rng.normal(),
-                    Init::PrunerBeta => 0.5 * rng.normal(),
-                    Init::PrunerW1 => rng.normal() / fan_in.sqrt(),
-                    Init::PrunerW2 => 1.5 * rng.normal() / fan_in.sqrt(),
-                    Init::Const(c) => c,
-                };
-            }
+            // Fixed-size chunks, each with its own generator: the values do
+            // not depend on the number of threads.
+            data.par_chunks_mut(RANDOM_CHUNK)
+                .enumerate()
+                .for_each(|(ci, chunk)| {
+                    let mut rng = Rng::new(Rng::new(base ^ ci as u64).next_u64());
+                    for x in chunk.iter_mut() {
+                        *x = match init {
+                            Init::Linear | Init::Bias | Init::Beta => 0.02 * rng.normal(),
+                            Init::Gamma => 1.0 + 0.02 * rng.normal(),
+                            Init::PrunerBeta => 0.5 * rng.normal(),
+                            Init::PrunerW1 => rng.normal() / fan_in.sqrt(),
+                            Init::PrunerW2 => 1.5 * rng.normal() / fan_in.sqrt(),
+                            Init::Const(c) => c,
+                        };
+                    }
+                });
         });
         Ok(w)
     }

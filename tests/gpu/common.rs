@@ -108,3 +108,27 @@ pub fn rel_err(out: &[f32], reference: &[f32]) -> f64 {
 pub fn nan_f16(n: usize) -> Vec<f16> {
     vec![f16::NAN; n]
 }
+
+/// `cu_seqlens` for the given lengths.
+pub fn cu_of(lens: &[usize]) -> Vec<i32> {
+    let mut cu = vec![0i32];
+    for &n in lens {
+        cu.push(cu.last().unwrap() + n as i32);
+    }
+    cu
+}
+
+/// The length sets every packed-sequence test runs: single odd lengths, a
+/// mix, and a METER-like batch of 32 x 577.
+pub fn length_sets() -> Vec<Vec<usize>> {
+    vec![
+        vec![1],
+        vec![2],
+        vec![31],
+        vec![40],
+        vec![577],
+        vec![1024],
+        vec![1, 2, 31, 40, 577, 1024, 1025, 3],
+        vec![577; 32],
+    ]
+}

@@ -5,6 +5,10 @@
 //! Without a usable GPU each test prints one line saying it was skipped and
 //! why, and passes; with `SMARTTRIM_REQUIRE_GPU=1` the same situation fails.
 
+mod attention;
 mod common;
+mod compact;
+mod elementwise;
 mod gemm;
 mod layernorm;
+mod score;

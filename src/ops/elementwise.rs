@@ -1,0 +1,371 @@
+//! Bias + GELU, bias + residual, and per-sequence pooling over packed f16
+//! rows (`kernels/elementwise.cu`: `bias_gelu_f16`, `bias_residual_f16`,
+//! `mean_pool_f16`, `first_token_f16`).
+
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use half::f16;
+
+use super::{check_aligned, check_len, opt_ptr, rows_i32};
+use crate::device::Device;
+use crate::{Error, Result};
+
+const THREADS: u32 = 256;
+
+/// The shape of a bias/GELU or bias/residual launch: `rows` rows of width `n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColsShape {
+    /// Rows (a host upper bound when a device row count is given).
+    pub rows: usize,
+    /// Row width; a positive multiple of 8.
+    pub n: usize,
+}
+
+/// Mirror of `struct ColsShape` in `kernels/elementwise.cu`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct ColsShapeC {
+    rows: i32,
+    n: i32,
+}
+// SAFETY: `#[repr(C)]` plain data, laid out as the C struct.
+unsafe impl DeviceRepr for ColsShapeC {}
+
+/// Mirror of `struct PoolShape` in `kernels/elementwise.cu`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PoolShapeC {
+    pub(crate) batch: i32,
+    pub(crate) d: i32,
+}
+// SAFETY: `#[repr(C)]` plain data, laid out as the C struct.
+unsafe impl DeviceRepr for PoolShapeC {}
+
+/// Checks a [`ColsShape`] against buffer lengths (`x`, `bias`, optional
+/// `residual`, optional `rows_dev`), before any device use.
+pub fn validate_cols(
+    op: &'static str,
+    shape: ColsShape,
+    x_len: usize,
+    bias_len: usize,
+    residual_len: Option<usize>,
+    rows_dev_len: Option<usize>,
+) -> Result<()> {
+    let ColsShape { rows, n } = shape;
+    if n == 0 || n % 8 != 0 {
+        return Err(Error::invalid(
+            op,
+            format!("n = {n}: the row width must be a positive multiple of 8"),
+        ));
+    }
+    rows_i32(op, rows, n)?;
+    check_len(op, "x", x_len, rows * n)?;
+    if bias_len != n {
+        return Err(Error::invalid(
+            op,
+            format!("`bias` holds {bias_len} elements; it must hold exactly n = {n}"),
+        ));
+    }
+    if let Some(r) = residual_len {
+        check_len(op, "residual", r, rows * n)?;
+    }
+    if let Some(c) = rows_dev_len {
+        check_len(op, "rows_dev", c, 1)?;
+    }
+    Ok(())
+}
+
+fn cols_grid(rows: usize, n: usize) -> u32 {
+    // One thread per 16-byte vector, grid-stride beyond 65535 * 8 blocks.
+    let vecs = (rows * n / 8) as u64;
+    vecs.div_ceil(THREADS as u64).clamp(1, 65_535 * 8) as u32
+}
+
+/// `x = GELU(x + bias)` in place over `[rows, n]` f16 (erf GELU, f32 math).
+/// `rows_dev`: an optional device row count (rows at or past it untouched).
+pub fn bias_gelu<X, B, N>(
+    dev: &Device,
+    shape: ColsShape,
+    x: &mut X,
+    bias: &B,
+    rows_dev: Option<&N>,
+) -> Result<()>
+where
+    X: DevicePtrMut<f16>,
+    B: DevicePtr<f16>,
+    N: DevicePtr<i32>,
+{
+    const OP: &str = "bias_gelu";
+    validate_cols(
+        OP,
+        shape,
+        x.len(),
+        bias.len(),
+        None,
+        rows_dev.map(|n| n.len()),
+    )?;
+    if shape.rows == 0 {
+        return Ok(());
+    }
+    crate::kernels::ensure_built()?;
+    let func = dev.function("elementwise", "bias_gelu_f16")?;
+    let stream = dev.stream();
+    let (x_ptr, _gx) = x.device_ptr_mut(stream);
+    let (b_ptr, _gb) = bias.device_ptr(stream);
+    let (n_ptr, _gn) = opt_ptr(rows_dev, stream);
+    check_aligned(OP, "x", x_ptr, 16)?;
+    check_aligned(OP, "bias", b_ptr, 16)?;
+    let params = ColsShapeC {
+        rows: shape.rows as i32,
+        n: shape.n as i32,
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (cols_grid(shape.rows, shape.n), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = stream.launch_builder(&func);
+    launch.arg(&x_ptr).arg(&b_ptr).arg(&n_ptr).arg(&params);
+    // SAFETY: arguments match `bias_gelu_f16(half*, const half*, const int*,
+    // ColsShape)`; x covers rows * n and bias n elements (validated), both
+    // 16-byte aligned; rows_dev is null or one live i32. The kernel touches
+    // only vectors below rows * n / 8 (grid-stride loop).
+    unsafe { launch.launch(cfg) }.map_err(|e| Error::driver("launching bias_gelu_f16", e))?;
+    dev.check_launch("bias_gelu_f16")
+}
+
+/// `x = x + bias + residual` in place over `[rows, n]` f16 (one rounding).
+pub fn bias_residual<X, B, R, N>(
+    dev: &Device,
+    shape: ColsShape,
+    x: &mut X,
+    bias: &B,
+    residual: &R,
+    rows_dev: Option<&N>,
+) -> Result<()>
+where
+    X: DevicePtrMut<f16>,
+    B: DevicePtr<f16>,
+    R: DevicePtr<f16>,
+    N: DevicePtr<i32>,
+{
+    const OP: &str = "bias_residual";
+    validate_cols(
+        OP,
+        shape,
+        x.len(),
+        bias.len(),
+        Some(residual.len()),
+        rows_dev.map(|n| n.len()),
+    )?;
+    if shape.rows == 0 {
+        return Ok(());
+    }
+    crate::kernels::ensure_built()?;
+    let func = dev.function("elementwise", "bias_residual_f16")?;
+    let stream = dev.stream();
+    let (x_ptr, _gx) = x.device_ptr_mut(stream);
+    let (b_ptr, _gb) = bias.device_ptr(stream);
+    let (r_ptr, _gr) = residual.device_ptr(stream);
+    let (n_ptr, _gn) = opt_ptr(rows_dev, stream);
+    for (name, p) in [("x", x_ptr), ("bias", b_ptr), ("residual", r_ptr)] {
+        check_aligned(OP, name, p, 16)?;
+    }
+    let params = ColsShapeC {
+        rows: shape.rows as i32,
+        n: shape.n as i32,
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (cols_grid(shape.rows, shape.n), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = stream.launch_builder(&func);
+    launch
+        .arg(&x_ptr)
+        .arg(&b_ptr)
+        .arg(&r_ptr)
+        .arg(&n_ptr)
+        .arg(&params);
+    // SAFETY: arguments match `bias_residual_f16(half*, const half*, const
+    // half*, const int*, ColsShape)`; x and residual cover rows * n, bias n
+    // elements, all 16-byte aligned; rows_dev is null or one live i32.
+    unsafe { launch.launch(cfg) }.map_err(|e| Error::driver("launching bias_residual_f16", e))?;
+    dev.check_launch("bias_residual_f16")
+}
+
+/// The shape of a pooling launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolShape {
+    /// Sequences (`cu_seqlens` holds `batch + 1` entries).
+    pub batch: usize,
+    /// Host upper bound on the packed rows (`x` must hold `total_rows * d`).
+    pub total_rows: usize,
+    /// Row width; a positive multiple of 8.
+    pub d: usize,
+}
+
+/// Checks a [`PoolShape`] against the buffer lengths (`x`, `cu_seqlens`, and
+/// the `[batch, d]` output), before any device use.
+pub fn validate_pool(
+    op: &'static str,
+    shape: PoolShape,
+    x_len: usize,
+    cu_len: usize,
+    out_len: usize,
+) -> Result<()> {
+    let PoolShape {
+        batch,
+        total_rows,
+        d,
+    } = shape;
+    if d == 0 || d % 8 != 0 {
+        return Err(Error::invalid(
+            op,
+            format!("d = {d}: the row width must be a positive multiple of 8"),
+        ));
+    }
+    if batch == 0 || batch > 65_535 {
+        return Err(Error::invalid(
+            op,
+            format!("batch = {batch}: must be in 1..=65535"),
+        ));
+    }
+    rows_i32(op, total_rows, d)?;
+    if cu_len != batch + 1 {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "`cu_seqlens` holds {cu_len} entries; batch + 1 = {} needed",
+                batch + 1
+            ),
+        ));
+    }
+    check_len(op, "x", x_len, total_rows * d)?;
+    check_len(op, "out", out_len, batch * d)?;
+    Ok(())
+}
+
+/// Where [`mean_pool`] writes `[batch, d]`.
+pub enum PoolOut<'a> {
+    /// f32 means.
+    F32(&'a mut dyn DevicePtrMut<f32>),
+    /// f16 means.
+    F16(&'a mut dyn DevicePtrMut<f16>),
+}
+
+impl PoolOut<'_> {
+    fn len(&self) -> usize {
+        match self {
+            PoolOut::F32(o) => o.len(),
+            PoolOut::F16(o) => o.len(),
+        }
+    }
+}
+
+/// Mean of each sequence's rows, `[batch, d]` (zeros for an empty sequence),
+/// accumulated in f32. `cu_seqlens` is read on the device.
+pub fn mean_pool(
+    dev: &Device,
+    shape: PoolShape,
+    x: &dyn DevicePtr<f16>,
+    cu_seqlens: &dyn DevicePtr<i32>,
+    out: PoolOut<'_>,
+) -> Result<()> {
+    const OP: &str = "mean_pool";
+    validate_pool(OP, shape, x.len(), cu_seqlens.len(), out.len())?;
+    crate::kernels::ensure_built()?;
+    let stream = dev.stream();
+    let (x_ptr, _gx) = x.device_ptr(stream);
+    let (c_ptr, _gc) = cu_seqlens.device_ptr(stream);
+    check_aligned(OP, "x", x_ptr, 16)?;
+    match out {
+        PoolOut::F32(o) => {
+            let (o_ptr, _go) = o.device_ptr_mut(stream);
+            launch_mean_pool(dev, shape, x_ptr, c_ptr, o_ptr, 0)
+        }
+        PoolOut::F16(o) => {
+            let (o_ptr, _go) = o.device_ptr_mut(stream);
+            check_aligned(OP, "out", o_ptr, 16)?;
+            launch_mean_pool(dev, shape, x_ptr, c_ptr, 0, o_ptr)
+        }
+    }
+}
+
+/// Raw launch of `mean_pool_f16`; callers validated the shape and hold the
+/// pointers' guards. `out_f32` / `out_f16`: 0 for absent.
+pub(crate) fn launch_mean_pool(
+    dev: &Device,
+    shape: PoolShape,
+    x_ptr: u64,
+    cu_ptr: u64,
+    out_f32: u64,
+    out_f16: u64,
+) -> Result<()> {
+    let func = dev.function("elementwise", "mean_pool_f16")?;
+    let params = PoolShapeC {
+        batch: shape.batch as i32,
+        d: shape.d as i32,
+    };
+    let cfg = LaunchConfig {
+        grid_dim: ((shape.d as u32).div_ceil(256), shape.batch as u32, 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = dev.stream().launch_builder(&func);
+    launch
+        .arg(&x_ptr)
+        .arg(&cu_ptr)
+        .arg(&out_f32)
+        .arg(&out_f16)
+        .arg(&params);
+    // SAFETY: arguments match `mean_pool_f16(const half*, const int*, float*,
+    // half*, PoolShape)`. The caller validated x (total_rows * d, 16-byte
+    // aligned), cu_seqlens (batch + 1 entries, describing rows within x) and
+    // the [batch, d] output; the grid is (ceil(d / 256), batch), and the
+    // kernel guards column vectors past d / 8.
+    unsafe { launch.launch(cfg) }.map_err(|e| Error::driver("launching mean_pool_f16", e))?;
+    dev.check_launch("mean_pool_f16")
+}
+
+/// `out[b] = x[cu_seqlens[b]]` (first-token / CLS pooling), `[batch, d]` f16;
+/// zeros for an empty sequence.
+pub fn first_token<X, C, O>(
+    dev: &Device,
+    shape: PoolShape,
+    x: &X,
+    cu_seqlens: &C,
+    out: &mut O,
+) -> Result<()>
+where
+    X: DevicePtr<f16>,
+    C: DevicePtr<i32>,
+    O: DevicePtrMut<f16>,
+{
+    const OP: &str = "first_token";
+    validate_pool(OP, shape, x.len(), cu_seqlens.len(), out.len())?;
+    crate::kernels::ensure_built()?;
+    let func = dev.function("elementwise", "first_token_f16")?;
+    let stream = dev.stream();
+    let (x_ptr, _gx) = x.device_ptr(stream);
+    let (c_ptr, _gc) = cu_seqlens.device_ptr(stream);
+    let (o_ptr, _go) = out.device_ptr_mut(stream);
+    check_aligned(OP, "x", x_ptr, 16)?;
+    check_aligned(OP, "out", o_ptr, 16)?;
+    let params = PoolShapeC {
+        batch: shape.batch as i32,
+        d: shape.d as i32,
+    };
+    let cfg = LaunchConfig {
+        grid_dim: ((shape.batch as u32).div_ceil(4), 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = stream.launch_builder(&func);
+    launch.arg(&x_ptr).arg(&c_ptr).arg(&o_ptr).arg(&params);
+    // SAFETY: arguments match `first_token_f16(const half*, const int*,
+    // half*, PoolShape)`; buffers validated (x total_rows * d, cu_seqlens
+    // batch + 1, out batch * d), 16-byte aligned; one warp per sequence,
+    // warps past batch return.
+    unsafe { launch.launch(cfg) }.map_err(|e| Error::driver("launching first_token_f16", e))?;
+    dev.check_launch("first_token_f16")
+}

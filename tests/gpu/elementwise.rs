@@ -1,0 +1,97 @@
+//! bias_gelu / bias_residual / mean_pool / first_token (kernels/elementwise.cu)
+//! against f64 CPU versions and `reference::ops`.
+
+use half::f16;
+use smarttrim::ops::{
+    bias_gelu, bias_residual, first_token, mean_pool, ColsShape, PoolOut, PoolShape,
+};
+use smarttrim::reference::ops::gelu;
+
+use crate::common::*;
+
+type NoRows = cudarc::driver::CudaSlice<i32>;
+
+#[test]
+fn bias_gelu_and_residual_match_cpu() {
+    let Some(dev) = device("bias_gelu_and_residual_match_cpu") else {
+        return;
+    };
+    let stream = dev.stream().clone();
+    let mut rng = Rng::new(21);
+    for &(rows, n) in &[(1usize, 8usize), (31, 384), (577, 768), (1025, 3072)] {
+        let x = round_f16(&rng.normals(rows * n, 1.5, 0.0));
+        let bias = round_f16(&rng.normals(n, 0.5, 0.0));
+        let res = round_f16(&rng.normals(rows * n, 1.0, 0.0));
+        let want_gelu: Vec<f32> = (0..rows * n).map(|i| gelu(x[i] + bias[i % n])).collect();
+        let want_res: Vec<f32> = (0..rows * n).map(|i| x[i] + bias[i % n] + res[i]).collect();
+        let shape = ColsShape { rows, n };
+        let b_d = stream.clone_htod(&to_f16(&bias)).unwrap();
+        let r_d = stream.clone_htod(&to_f16(&res)).unwrap();
+        let mut x_d = stream.clone_htod(&to_f16(&x)).unwrap();
+        bias_gelu::<_, _, NoRows>(&dev, shape, &mut x_d, &b_d, None).unwrap();
+        let err = rel_err(&from_f16(&stream.clone_dtoh(&x_d).unwrap()), &want_gelu);
+        println!("bias_gelu rows={rows} n={n}: rel err {err:.2e}");
+        assert!(err < 3e-3);
+        let mut x_d = stream.clone_htod(&to_f16(&x)).unwrap();
+        bias_residual::<_, _, _, NoRows>(&dev, shape, &mut x_d, &b_d, &r_d, None).unwrap();
+        let err = rel_err(&from_f16(&stream.clone_dtoh(&x_d).unwrap()), &want_res);
+        println!("bias_residual rows={rows} n={n}: rel err {err:.2e}");
+        assert!(err < 3e-3);
+    }
+    // A device row count leaves the rows past it untouched.
+    let (rows, n, valid) = (40usize, 64usize, 13i32);
+    let x = round_f16(&rng.normals(rows * n, 1.0, 0.0));
+    let bias = round_f16(&rng.normals(n, 0.5, 0.0));
+    let b_d = stream.clone_htod(&to_f16(&bias)).unwrap();
+    let n_d = stream.clone_htod(&[valid]).unwrap();
+    let mut x_d = stream.clone_htod(&to_f16(&x)).unwrap();
+    bias_gelu(&dev, ColsShape { rows, n }, &mut x_d, &b_d, Some(&n_d)).unwrap();
+    let out = from_f16(&stream.clone_dtoh(&x_d).unwrap());
+    let v = valid as usize * n;
+    assert_eq!(&out[v..], &x[v..], "rows past rows_dev must be untouched");
+}
+
+#[test]
+fn pooling_matches_cpu() {
+    let Some(dev) = device("pooling_matches_cpu") else {
+        return;
+    };
+    let stream = dev.stream().clone();
+    let mut rng = Rng::new(22);
+    for lens in length_sets() {
+        for d in [64usize, 768] {
+            let cu = cu_of(&lens);
+            let total = *cu.last().unwrap() as usize;
+            let batch = lens.len();
+            let x = round_f16(&rng.normals(total * d, 1.0, 0.5));
+            let mut want = vec![0f32; batch * d];
+            let mut want_first = vec![0f32; batch * d];
+            for b in 0..batch {
+                let (lo, hi) = (cu[b] as usize, cu[b + 1] as usize);
+                let m = smarttrim::reference::ops::mean_rows(&x, d, lo, hi);
+                want[b * d..(b + 1) * d].copy_from_slice(&m);
+                want_first[b * d..(b + 1) * d].copy_from_slice(&x[lo * d..(lo + 1) * d]);
+            }
+            let x_d = stream.clone_htod(&to_f16(&x)).unwrap();
+            let cu_d = stream.clone_htod(&cu).unwrap();
+            let shape = PoolShape {
+                batch,
+                total_rows: total,
+                d,
+            };
+            let mut o32 = stream.clone_htod(&vec![f32::NAN; batch * d]).unwrap();
+            mean_pool(&dev, shape, &x_d, &cu_d, PoolOut::F32(&mut o32)).unwrap();
+            let err = rel_err(&stream.clone_dtoh(&o32).unwrap(), &want);
+            assert!(err < 1e-4, "mean_pool f32 lens={lens:?} d={d}: {err}");
+            let mut o16 = stream.clone_htod(&nan_f16(batch * d)).unwrap();
+            mean_pool(&dev, shape, &x_d, &cu_d, PoolOut::F16(&mut o16)).unwrap();
+            let err = rel_err(&from_f16(&stream.clone_dtoh(&o16).unwrap()), &want);
+            assert!(err < 3e-3, "mean_pool f16 lens={lens:?} d={d}: {err}");
+            let mut of = stream.clone_htod(&nan_f16(batch * d)).unwrap();
+            first_token(&dev, shape, &x_d, &cu_d, &mut of).unwrap();
+            let got: Vec<f32> = from_f16(&stream.clone_dtoh(&of).unwrap());
+            assert_eq!(got, want_first, "first_token lens={lens:?} d={d}");
+        }
+    }
+    let _ = f16::ZERO;
+}
