@@ -259,7 +259,9 @@ fn parse_pooling(v: &serde_json::Value) -> Result<Pooling> {
         .collect();
     match chosen.as_slice() {
         [one] => Ok(*one),
-        [] => Err(Error::Config("pooling config enables no pooling mode".into())),
+        [] => Err(Error::Config(
+            "pooling config enables no pooling mode".into(),
+        )),
         _ => Err(Error::Config(
             "pooling config enables several modes at once (concatenated pooling is not supported)"
                 .into(),
@@ -314,12 +316,14 @@ mod tests {
 
     #[test]
     fn pooling_config_parsing() {
-        let v = serde_json::json!({"pooling_mode_mean_tokens": true, "pooling_mode_cls_token": false});
+        let v =
+            serde_json::json!({"pooling_mode_mean_tokens": true, "pooling_mode_cls_token": false});
         assert_eq!(parse_pooling(&v).unwrap(), Pooling::Mean);
         let v = serde_json::json!({"pooling_mode_cls_token": true});
         assert_eq!(parse_pooling(&v).unwrap(), Pooling::Cls);
         assert!(parse_pooling(&serde_json::json!({})).is_err());
-        let both = serde_json::json!({"pooling_mode_mean_tokens": true, "pooling_mode_max_tokens": true});
+        let both =
+            serde_json::json!({"pooling_mode_mean_tokens": true, "pooling_mode_max_tokens": true});
         assert!(parse_pooling(&both).is_err());
     }
 }

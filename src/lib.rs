@@ -20,5 +20,6 @@ pub mod kernels;
 pub mod ops;
 pub mod reference;
 pub mod spec;
+pub mod tensor_io;
 
 pub use error::{Error, Result};

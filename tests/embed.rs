@@ -63,7 +63,11 @@ fn minilm_matches_candle_bert() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     // SAFETY (test): the file is not modified while mapped.
     let vb = unsafe {
-        VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu)
+        VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
     }
     .unwrap();
     let bert = BertModel::load(vb, &config).unwrap();
@@ -84,7 +88,11 @@ fn minilm_matches_candle_bert() {
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
         let want: Vec<f32> = v.iter().map(|x| x / norm).collect();
         let c = cosine(&e.embedding, &want);
-        println!("{:>3} tokens: cosine {c:.8}  ({:?}...)", n, &e.text[..e.text.len().min(30)]);
+        println!(
+            "{:>3} tokens: cosine {c:.8}  ({:?}...)",
+            n,
+            &e.text[..e.text.len().min(30)]
+        );
         assert!(c >= 0.99999, "text {:?}: cosine {c} < 0.99999", e.text);
     }
 }

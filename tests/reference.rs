@@ -730,31 +730,6 @@ fn hf_bert_checkpoint_loads_as_is() {
     );
 }
 
-/// Timing of the `meter` preset at batch 1 (run with
-/// `cargo test --release --test reference -- --ignored --nocapture`).
-#[test]
-#[ignore]
-fn meter_timing() {
-    let c = preset("meter").unwrap();
-    let t = std::time::Instant::now();
-    let w = Weights::random(&c, 1).unwrap();
-    eprintln!("random weights: {:?}", t.elapsed());
-    let inputs = meter_inputs(&c, &[40], &[577], 1);
-    for dense in [false, true] {
-        let t = std::time::Instant::now();
-        let out = forward(&w, &inputs, &ForwardOptions { dense }).unwrap();
-        eprintln!(
-            "meter batch 1 dense={dense}: {:?}, kept per layer {:?}, flops {:?}",
-            t.elapsed(),
-            out.stats()
-                .iter()
-                .map(|l| l.iter().map(|s| s.0[0]).collect::<Vec<_>>())
-                .collect::<Vec<_>>(),
-            out.flops[0]
-        );
-    }
-}
-
 #[test]
 fn formats_md_json_examples_parse() {
     let doc = include_str!("../docs/FORMATS.md");

@@ -1,6 +1,9 @@
 //! Command-line interface: argument parsing and one module per subcommand.
 
+mod demo;
+mod embed;
 mod info;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -18,11 +21,26 @@ enum Command {
     /// Show the CUDA toolchain and PTX targets built in, the driver and the
     /// devices, or the reason there are none.
     Info(info::InfoArgs),
+    /// Run a built-in model (default: METER, text 40 + image 577 tokens) on a
+    /// seeded synthetic input, pruned and dense, and print a per-layer table.
+    Demo(demo::DemoArgs),
+    /// Sentence embeddings from a HuggingFace BERT-family model directory,
+    /// one JSON object per text.
+    Embed(embed::EmbedArgs),
+    /// Write seeded random weights (pruners included) for a config.
+    InitWeights(run::InitWeightsArgs),
+    /// Run a model on inputs from a safetensors file and write every output
+    /// (final rows, scores, keep flags, head masks, pooled, FLOPs) to another.
+    Run(run::RunArgs),
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(args) => info::run(&args),
+        Command::Demo(args) => demo::run(&args),
+        Command::Embed(args) => embed::run(&args),
+        Command::InitWeights(args) => run::init_weights(&args),
+        Command::Run(args) => run::run(&args),
     }
 }

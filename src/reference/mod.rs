@@ -16,7 +16,7 @@ pub mod synthetic;
 
 pub use attention::attention;
 pub use compact::{compact, Packed};
-pub use synthetic::synthetic_inputs;
 pub use model::{
     forward, ForwardOptions, HeadRecord, Inputs, LayerRecord, Outputs, StreamInput, StreamOutput,
 };
+pub use synthetic::synthetic_inputs;

@@ -21,7 +21,7 @@ pub const IMAGE_ROWS: usize = 577;
 /// Seeded random inputs for `config`, `batch` sequences per stream.
 pub fn synthetic_inputs(config: &ModelConfig, batch: usize, seed: u64, ragged: bool) -> Inputs {
     let mut rng = Rng::new(seed ^ 0x5EED_1A7A);
-    let mut lengths = |default: usize, rng: &mut Rng| -> Vec<usize> {
+    let lengths = |default: usize, rng: &mut Rng| -> Vec<usize> {
         (0..batch)
             .map(|b| {
                 if ragged && b > 0 && default > 2 {

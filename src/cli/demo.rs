@@ -1,0 +1,301 @@
+//! `smarttrim demo`: a built-in model (or a given config and weights) on a
+//! seeded synthetic input, pruned and dense, with a per-layer table.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use smarttrim::reference::{forward, synthetic_inputs, ForwardOptions, Outputs};
+use smarttrim::spec::{preset, ModelConfig, Weights};
+
+/// Where the forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceChoice {
+    /// The GPU when one is usable, else the CPU reference.
+    Auto,
+    /// The exact f32 CPU reference.
+    Cpu,
+    /// The GPU (fails when no GPU forward pass is usable).
+    Cuda,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Built-in model (meter, blip-vit, blip-text, bert-base, tiny-*).
+    #[arg(long, default_value = "meter", conflicts_with = "config")]
+    pub preset: String,
+    /// A model config (JSON; see docs/FORMATS.md) instead of a preset.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Weights (safetensors, docs/FORMATS.md names); default: seeded random.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Sequences per stream.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Seed of the random weights and the synthetic input.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Give text-like sequences after the first random lengths (50-100%).
+    #[arg(long)]
+    pub ragged: bool,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct StreamRow {
+    name: String,
+    rows_in: i64,
+    rows_kept: i64,
+    self_heads: f64,
+    cross_heads: Option<f64>,
+    heads: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct LayerRow {
+    layer: usize,
+    streams: Vec<StreamRow>,
+    model_flops: u64,
+    executed_flops: u64,
+    dense_flops: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    model: String,
+    batch: usize,
+    seed: u64,
+    device: String,
+    device_note: String,
+    layers: Vec<LayerRow>,
+    model_flops: u64,
+    executed_flops: u64,
+    dense_flops: u64,
+    model_flops_ratio: f64,
+    executed_flops_ratio: f64,
+    pruned_ms: f64,
+    dense_ms: f64,
+    speedup: f64,
+}
+
+/// Why the GPU forward pass cannot be used here (always, in this version).
+fn gpu_unavailable() -> String {
+    let gpu = match smarttrim::device::Device::open(0) {
+        Ok(d) => match d.info() {
+            Ok(i) => format!("a GPU is present ({}), ", i.name),
+            Err(_) => "a GPU is present, ".into(),
+        },
+        Err(e) => format!("{e}; "),
+    };
+    format!("{gpu}and the GPU forward pass is not implemented in this version")
+}
+
+pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let (config, model_name) = match &args.config {
+        Some(p) => (ModelConfig::from_file(p)?, p.display().to_string()),
+        None => (preset(&args.preset)?, args.preset.clone()),
+    };
+    let device_note = match args.device {
+        DeviceChoice::Cpu => "asked for".to_string(),
+        DeviceChoice::Auto => gpu_unavailable(),
+        DeviceChoice::Cuda => bail!("--device cuda: {}", gpu_unavailable()),
+    };
+    let weights = match &args.weights {
+        Some(p) => {
+            Weights::load(&config, p).with_context(|| format!("loading weights {}", p.display()))?
+        }
+        None => Weights::random(&config, args.seed)?,
+    };
+    let inputs = synthetic_inputs(&config, args.batch, args.seed, args.ragged);
+
+    if !args.json {
+        println!(
+            "smarttrim demo: {model_name}, batch {}, seed {}{}",
+            args.batch,
+            args.seed,
+            if args.weights.is_some() {
+                ""
+            } else {
+                ", random weights"
+            }
+        );
+        println!("device: CPU reference (f32) — {device_note}");
+    }
+
+    let t = Instant::now();
+    let pruned = forward(&weights, &inputs, &ForwardOptions { dense: false })?;
+    let pruned_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let dense = forward(&weights, &inputs, &ForwardOptions { dense: true })?;
+    let dense_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    let report = build_report(
+        &config,
+        &pruned,
+        &dense,
+        model_name,
+        args,
+        device_note,
+        pruned_ms,
+        dense_ms,
+    );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_report(
+    config: &ModelConfig,
+    pruned: &Outputs,
+    dense: &Outputs,
+    model: String,
+    args: &DemoArgs,
+    device_note: String,
+    pruned_ms: f64,
+    dense_ms: f64,
+) -> Report {
+    let n_layers = pruned
+        .streams
+        .iter()
+        .map(|s| s.layers.len())
+        .max()
+        .unwrap_or(0);
+    let sum = |v: &[i32]| v.iter().map(|&x| x as i64).sum::<i64>();
+    let mean = |v: &[i32]| {
+        if v.is_empty() {
+            0.0
+        } else {
+            sum(v) as f64 / v.len() as f64
+        }
+    };
+    let layers = (0..n_layers)
+        .map(|l| {
+            let mut row = LayerRow {
+                layer: l,
+                streams: Vec::new(),
+                model_flops: 0,
+                executed_flops: 0,
+                dense_flops: 0,
+            };
+            for (si, s) in pruned.streams.iter().enumerate() {
+                let Some(rec) = s.layers.get(l) else { continue };
+                let has_cross = rec.active_cross_heads.iter().any(|&c| c > 0);
+                row.streams.push(StreamRow {
+                    name: s.name.clone(),
+                    rows_in: sum(&rec.rows_in),
+                    rows_kept: sum(&rec.kept),
+                    self_heads: mean(&rec.active_self_heads),
+                    cross_heads: has_cross.then(|| mean(&rec.active_cross_heads)),
+                    heads: config.streams[si].heads,
+                });
+                for f in &rec.flops {
+                    row.model_flops += f.model;
+                    row.executed_flops += f.executed;
+                }
+                if let Some(drec) = dense.streams[si].layers.get(l) {
+                    row.dense_flops += drec.flops.iter().map(|f| f.model).sum::<u64>();
+                }
+            }
+            row
+        })
+        .collect();
+    let model_flops: u64 = pruned.flops.iter().map(|f| f.pruned.model).sum();
+    let executed_flops: u64 = pruned.flops.iter().map(|f| f.pruned.executed).sum();
+    let dense_flops: u64 = pruned.flops.iter().map(|f| f.dense.model).sum();
+    Report {
+        model,
+        batch: args.batch,
+        seed: args.seed,
+        device: "cpu-reference".into(),
+        device_note,
+        layers,
+        model_flops,
+        executed_flops,
+        dense_flops,
+        model_flops_ratio: model_flops as f64 / dense_flops.max(1) as f64,
+        executed_flops_ratio: executed_flops as f64 / dense_flops.max(1) as f64,
+        pruned_ms,
+        dense_ms,
+        speedup: dense_ms / pruned_ms.max(1e-9),
+    }
+}
+
+fn print_table(r: &Report) {
+    let names: Vec<String> = r
+        .layers
+        .first()
+        .map(|l| l.streams.iter().map(|s| s.name.clone()).collect())
+        .unwrap_or_default();
+    println!();
+    let mut header = format!("{:>5}", "layer");
+    for n in &names {
+        header.push_str(&format!(
+            " | {:>13} {:>6} {:>6}",
+            format!("{n} rows"),
+            "self-h",
+            "cross-h"
+        ));
+    }
+    header.push_str(&format!(
+        " | {:>8} {:>8} | {:>9}",
+        "model", "executed", "dense"
+    ));
+    println!("{header}");
+    println!("{}", "-".repeat(header.len()));
+    for l in &r.layers {
+        let mut line = format!("{:>5}", l.layer);
+        for s in &l.streams {
+            let cross = s.cross_heads.map_or("-".to_string(), |c| format!("{c:.1}"));
+            line.push_str(&format!(
+                " | {:>13} {:>6} {:>7}",
+                format!("{}/{}", s.rows_kept, s.rows_in),
+                format!("{:.1}", s.self_heads),
+                cross
+            ));
+        }
+        line.push_str(&format!(
+            " | {:>7.1}% {:>7.1}% | {:>6.2} GF",
+            100.0 * l.model_flops as f64 / l.dense_flops.max(1) as f64,
+            100.0 * l.executed_flops as f64 / l.dense_flops.max(1) as f64,
+            l.dense_flops as f64 / 1e9
+        ));
+        println!("{line}");
+    }
+    println!();
+    println!(
+        "rows: kept/entering, summed over the batch; heads: mean active per sequence \
+         (of {}); FLOPs: this layer's, as a share of the dense layer's",
+        r.layers
+            .first()
+            .and_then(|l| l.streams.first())
+            .map_or(0, |s| s.heads)
+    );
+    println!(
+        "whole pass (embeddings and pruners included): model FLOPs {:.2} G = {:.1}% of dense \
+         {:.2} G; executed {:.2} G = {:.1}%",
+        r.model_flops as f64 / 1e9,
+        100.0 * r.model_flops_ratio,
+        r.dense_flops as f64 / 1e9,
+        r.executed_flops as f64 / 1e9,
+        100.0 * r.executed_flops_ratio
+    );
+    println!(
+        "time ({}): pruned {:.1} ms, dense {:.1} ms, speedup {:.2}x",
+        r.device, r.pruned_ms, r.dense_ms, r.speedup
+    );
+}

@@ -1,0 +1,528 @@
+//! Model inputs from, and every output of a forward pass to, safetensors
+//! files (the `smarttrim run` formats; `docs/FORMATS.md` is the reference).
+//!
+//! **Inputs**, per stream `S` (the config's stream names), one of:
+//!
+//! - `S.rows` `[total, D]` f32/f16/bf16 and `S.cu_seqlens` `[batch + 1]` i32/i64
+//!   — rows as they enter the first layer;
+//! - `S.input_ids` `[total]` i32/i64/u32, optional `S.token_type_ids` (same),
+//!   and `S.cu_seqlens` — a BERT-like stream's tokens;
+//! - `S.pixels` `[batch, C, H, W]` f32/f16/bf16 — a ViT stream's images;
+//!
+//! plus, for a BLIP cross encoder, `context.rows` `[total, context_hidden]` and
+//! `context.cu_seqlens`.
+//!
+//! **Outputs** (f32 unless said): per stream `S.rows` `[total, D]`,
+//! `S.cu_seqlens` i32, `S.orig_index` i32, `S.pooled_first` and
+//! `S.pooled_mean` `[batch, D]`; per layer `l` of a stream
+//! `S.layers.l.rows_in` i32 `[batch]`, `S.layers.l.orig_index_in` i32,
+//! `S.layers.l.kept` i32 `[batch]`, and where a pruner ran
+//! `S.layers.l.token_scores` `[rows_in]`, `S.layers.l.keep` u8 `[rows_in]`,
+//! `S.layers.l.self_head_logits` / `cross_head_logits` `[batch, H]`,
+//! `S.layers.l.self_head_mask` / `cross_head_mask` u8 `[batch, H]`, and
+//! always `S.layers.l.self_heads_active` / `cross_heads_active` i32
+//! `[batch]`; for the whole model `flops.pruned_model`,
+//! `flops.pruned_executed`, `flops.dense_model`, `flops.dense_executed`, u64
+//! `[batch]`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::reference::{Inputs, Outputs, StreamInput};
+use crate::spec::{EmbeddingConfig, ModelConfig, ModelKind};
+use crate::{Error, Result};
+
+/// Reads a forward pass's inputs for `config` from a safetensors file,
+/// reporting every missing, misnamed or ill-shaped tensor at once.
+pub fn read_inputs(config: &ModelConfig, path: impl AsRef<Path>) -> Result<Inputs> {
+    let p = path.as_ref();
+    let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
+    inputs_from_bytes(config, &bytes, &p.display().to_string())
+}
+
+/// [`read_inputs`] on bytes (`context` names them in errors).
+pub fn inputs_from_bytes(config: &ModelConfig, bytes: &[u8], context: &str) -> Result<Inputs> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
+        context: context.to_string(),
+        message: e.to_string(),
+    })?;
+    let mut errs = Vec::new();
+    let mut used = std::collections::BTreeSet::new();
+    let mut get = |name: &str| -> Option<TensorView<'_>> {
+        let t = st.tensor(name).ok();
+        if t.is_some() {
+            used.insert(name.to_string());
+        }
+        t
+    };
+    let mut streams = Vec::new();
+    for s in &config.streams {
+        let n = &s.name;
+        let input = match &s.embedding {
+            EmbeddingConfig::None => {
+                let rows = get(&format!("{n}.rows"));
+                let cu = get(&format!("{n}.cu_seqlens"));
+                match (rows, cu) {
+                    (Some(rows), Some(cu)) => {
+                        let rows = floats(&format!("{n}.rows"), &rows, Some(2), &mut errs);
+                        if let Some((shape, _)) = &rows {
+                            if shape[1] != s.hidden {
+                                errs.push(format!(
+                                    "`{n}.rows` has {} columns, the stream's hidden size is {}",
+                                    shape[1], s.hidden
+                                ));
+                            }
+                        }
+                        let cu = ints(&format!("{n}.cu_seqlens"), &cu, &mut errs);
+                        match (rows, cu) {
+                            (Some((_, rows)), Some(cu)) => Some(StreamInput::Packed {
+                                rows,
+                                cu_seqlens: cu.into_iter().map(|x| x as i32).collect(),
+                            }),
+                            _ => None,
+                        }
+                    }
+                    (rows, cu) => {
+                        if rows.is_none() {
+                            errs.push(format!("missing tensor `{n}.rows` ([total, {}])", s.hidden));
+                        }
+                        if cu.is_none() {
+                            errs.push(format!("missing tensor `{n}.cu_seqlens` ([batch + 1] i32)"));
+                        }
+                        None
+                    }
+                }
+            }
+            EmbeddingConfig::Bert { .. } => {
+                let ids = get(&format!("{n}.input_ids"));
+                let types = get(&format!("{n}.token_type_ids"));
+                let cu = get(&format!("{n}.cu_seqlens"));
+                if ids.is_none() {
+                    errs.push(format!("missing tensor `{n}.input_ids` ([total] i32/i64)"));
+                }
+                if cu.is_none() {
+                    errs.push(format!("missing tensor `{n}.cu_seqlens` ([batch + 1] i32)"));
+                }
+                let ids = ids.and_then(|t| ids_of(&format!("{n}.input_ids"), &t, &mut errs));
+                let types =
+                    types.and_then(|t| ids_of(&format!("{n}.token_type_ids"), &t, &mut errs));
+                let cu = cu.and_then(|t| ints(&format!("{n}.cu_seqlens"), &t, &mut errs));
+                if let (Some(i), Some(t)) = (&ids, &types) {
+                    if i.len() != t.len() {
+                        errs.push(format!(
+                            "`{n}.token_type_ids` has {} entries, `{n}.input_ids` {}",
+                            t.len(),
+                            i.len()
+                        ));
+                    }
+                }
+                match (ids, cu) {
+                    (Some(ids), Some(cu)) => Some(StreamInput::Tokens {
+                        ids,
+                        type_ids: types,
+                        cu_seqlens: cu.into_iter().map(|x| x as i32).collect(),
+                    }),
+                    _ => None,
+                }
+            }
+            EmbeddingConfig::Vit {
+                image_size,
+                channels,
+                ..
+            } => match get(&format!("{n}.pixels")) {
+                None => {
+                    errs.push(format!(
+                        "missing tensor `{n}.pixels` ([batch, {channels}, {image_size}, {image_size}])"
+                    ));
+                    None
+                }
+                Some(t) => {
+                    let px = floats(&format!("{n}.pixels"), &t, Some(4), &mut errs);
+                    match px {
+                        Some((shape, pixels)) => {
+                            if shape[1..] != [*channels, *image_size, *image_size] {
+                                errs.push(format!(
+                                    "`{n}.pixels` has shape {shape:?}, expected [batch, {channels}, {image_size}, {image_size}]"
+                                ));
+                                None
+                            } else {
+                                Some(StreamInput::Pixels {
+                                    pixels,
+                                    batch: shape[0],
+                                })
+                            }
+                        }
+                        None => None,
+                    }
+                }
+            },
+        };
+        streams.push(input);
+    }
+    let context = match config.kind {
+        ModelKind::CrossEncoder { context_hidden } => {
+            let rows = get("context.rows");
+            let cu = get("context.cu_seqlens");
+            if rows.is_none() {
+                errs.push(format!(
+                    "missing tensor `context.rows` ([total, {context_hidden}]), the image rows a cross encoder attends to"
+                ));
+            }
+            if cu.is_none() {
+                errs.push("missing tensor `context.cu_seqlens` ([batch + 1] i32)".into());
+            }
+            let rows = rows.and_then(|t| floats("context.rows", &t, Some(2), &mut errs));
+            if let Some((shape, _)) = &rows {
+                if shape[1] != context_hidden {
+                    errs.push(format!(
+                        "`context.rows` has {} columns, expected context_hidden = {context_hidden}",
+                        shape[1]
+                    ));
+                }
+            }
+            let cu = cu.and_then(|t| ints("context.cu_seqlens", &t, &mut errs));
+            match (rows, cu) {
+                (Some((_, r)), Some(c)) => Some((r, c.into_iter().map(|x| x as i32).collect())),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let mut unexpected: Vec<&str> = st
+        .names()
+        .into_iter()
+        .filter(|n| !used.contains(*n))
+        .collect();
+    unexpected.sort_unstable();
+    const SHOWN: usize = 8;
+    for name in unexpected.iter().take(SHOWN) {
+        errs.push(format!("unexpected tensor `{name}`"));
+    }
+    if unexpected.len() > SHOWN {
+        errs.push(format!(
+            "... and {} more unexpected tensors",
+            unexpected.len() - SHOWN
+        ));
+    }
+    if !unexpected.is_empty() {
+        errs.push(format!(
+            "(input tensors are named after the config's streams {}; see docs/FORMATS.md)",
+            config
+                .streams
+                .iter()
+                .map(|s| format!("`{}`", s.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !errs.is_empty() {
+        return Err(Error::Input(errs));
+    }
+    Ok(Inputs {
+        streams: streams.into_iter().flatten().collect(),
+        context,
+    })
+}
+
+/// f32 values (from f32, f16 or bf16) of a tensor with the given rank.
+fn floats(
+    name: &str,
+    t: &TensorView<'_>,
+    rank: Option<usize>,
+    errs: &mut Vec<String>,
+) -> Option<(Vec<usize>, Vec<f32>)> {
+    let shape = t.shape().to_vec();
+    if let Some(r) = rank {
+        if shape.len() != r {
+            errs.push(format!("`{name}` has rank {}, expected {r}", shape.len()));
+            return None;
+        }
+    }
+    let d = t.data();
+    let v: Vec<f32> = match t.dtype() {
+        Dtype::F32 => d
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => d
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => d
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            errs.push(format!(
+                "`{name}` has dtype {other:?}, expected F32, F16 or BF16"
+            ));
+            return None;
+        }
+    };
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        errs.push(format!("`{name}` holds a non-finite value at element {i}"));
+        return None;
+    }
+    Some((shape, v))
+}
+
+/// Integer values of a rank-1 tensor (i32, i64, u32).
+fn ints(name: &str, t: &TensorView<'_>, errs: &mut Vec<String>) -> Option<Vec<i64>> {
+    if t.shape().len() != 1 {
+        errs.push(format!(
+            "`{name}` has shape {:?}, expected rank 1",
+            t.shape()
+        ));
+        return None;
+    }
+    let d = t.data();
+    match t.dtype() {
+        Dtype::I32 => Some(
+            d.chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                .collect(),
+        ),
+        Dtype::U32 => Some(
+            d.chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                .collect(),
+        ),
+        Dtype::I64 => Some(
+            d.chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect(),
+        ),
+        other => {
+            errs.push(format!(
+                "`{name}` has dtype {other:?}, expected I32, I64 or U32"
+            ));
+            None
+        }
+    }
+}
+
+/// Token ids: non-negative and within u32.
+fn ids_of(name: &str, t: &TensorView<'_>, errs: &mut Vec<String>) -> Option<Vec<u32>> {
+    let v = ints(name, t, errs)?;
+    if let Some(i) = v.iter().position(|&x| x < 0 || x > u32::MAX as i64) {
+        errs.push(format!("`{name}` element {i} is {}, not a valid id", v[i]));
+        return None;
+    }
+    Some(v.into_iter().map(|x| x as u32).collect())
+}
+
+/// One output tensor: name, dtype, shape, little-endian bytes.
+pub type OutputTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
+fn f32_tensor(name: String, shape: Vec<usize>, v: &[f32]) -> OutputTensor {
+    let b = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    (name, Dtype::F32, shape, b)
+}
+
+fn i32_tensor(name: String, v: &[i32]) -> OutputTensor {
+    let b = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    (name, Dtype::I32, vec![v.len()], b)
+}
+
+fn u8_tensor(name: String, shape: Vec<usize>, v: Vec<u8>) -> OutputTensor {
+    (name, Dtype::U8, shape, v)
+}
+
+fn u64_tensor(name: String, v: &[u64]) -> OutputTensor {
+    let b = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    (name, Dtype::U64, vec![v.len()], b)
+}
+
+/// Every output of a forward pass as named tensors (the names above).
+pub fn output_tensors(config: &ModelConfig, out: &Outputs) -> Vec<OutputTensor> {
+    let mut t = Vec::new();
+    for (s, so) in config.streams.iter().zip(&out.streams) {
+        let n = &so.name;
+        let d = so.packed.d;
+        let batch = so.packed.cu_seqlens.len().saturating_sub(1);
+        t.push(f32_tensor(
+            format!("{n}.rows"),
+            vec![so.packed.rows.len() / d.max(1), d],
+            &so.packed.rows,
+        ));
+        t.push(i32_tensor(format!("{n}.cu_seqlens"), &so.packed.cu_seqlens));
+        t.push(i32_tensor(format!("{n}.orig_index"), &so.packed.orig_index));
+        t.push(f32_tensor(
+            format!("{n}.pooled_first"),
+            vec![batch, d],
+            &so.pooled_first,
+        ));
+        t.push(f32_tensor(
+            format!("{n}.pooled_mean"),
+            vec![batch, d],
+            &so.pooled_mean,
+        ));
+        for (l, r) in so.layers.iter().enumerate() {
+            let p = format!("{n}.layers.{l}");
+            t.push(i32_tensor(format!("{p}.rows_in"), &r.rows_in));
+            t.push(i32_tensor(format!("{p}.orig_index_in"), &r.orig_index_in));
+            t.push(i32_tensor(format!("{p}.kept"), &r.kept));
+            if let Some(sc) = &r.scores {
+                t.push(f32_tensor(format!("{p}.token_scores"), vec![sc.len()], sc));
+            }
+            if let Some(k) = &r.keep {
+                t.push(u8_tensor(
+                    format!("{p}.keep"),
+                    vec![k.len()],
+                    k.iter().map(|&b| b as u8).collect(),
+                ));
+            }
+            for (which, rec) in [("self", &r.self_heads), ("cross", &r.cross_heads)] {
+                if let Some(h) = rec {
+                    let heads = h.mask.len() / batch.max(1);
+                    t.push(f32_tensor(
+                        format!("{p}.{which}_head_logits"),
+                        vec![batch, heads],
+                        &h.logits,
+                    ));
+                    t.push(u8_tensor(
+                        format!("{p}.{which}_head_mask"),
+                        vec![batch, heads],
+                        h.mask.clone(),
+                    ));
+                }
+            }
+            t.push(i32_tensor(
+                format!("{p}.self_heads_active"),
+                &r.active_self_heads,
+            ));
+            t.push(i32_tensor(
+                format!("{p}.cross_heads_active"),
+                &r.active_cross_heads,
+            ));
+        }
+        let _ = s;
+    }
+    let f = &out.flops;
+    let col =
+        |g: &dyn Fn(&crate::spec::SequenceFlops) -> u64| f.iter().map(g).collect::<Vec<u64>>();
+    t.push(u64_tensor(
+        "flops.pruned_model".into(),
+        &col(&|x| x.pruned.model),
+    ));
+    t.push(u64_tensor(
+        "flops.pruned_executed".into(),
+        &col(&|x| x.pruned.executed),
+    ));
+    t.push(u64_tensor(
+        "flops.dense_model".into(),
+        &col(&|x| x.dense.model),
+    ));
+    t.push(u64_tensor(
+        "flops.dense_executed".into(),
+        &col(&|x| x.dense.executed),
+    ));
+    t
+}
+
+/// The tensors of an input file (the names above) for `inputs`: the inverse
+/// of [`read_inputs`], e.g. to save a synthetic input.
+pub fn input_tensors(config: &ModelConfig, inputs: &Inputs) -> Vec<OutputTensor> {
+    let mut t = Vec::new();
+    let u32s = |name: String, v: &[u32]| -> OutputTensor {
+        let i: Vec<i32> = v.iter().map(|&x| x as i32).collect();
+        i32_tensor(name, &i)
+    };
+    for (s, input) in config.streams.iter().zip(&inputs.streams) {
+        let n = &s.name;
+        match input {
+            StreamInput::Packed { rows, cu_seqlens } => {
+                t.push(f32_tensor(
+                    format!("{n}.rows"),
+                    vec![rows.len() / s.hidden.max(1), s.hidden],
+                    rows,
+                ));
+                t.push(i32_tensor(format!("{n}.cu_seqlens"), cu_seqlens));
+            }
+            StreamInput::Tokens {
+                ids,
+                type_ids,
+                cu_seqlens,
+            } => {
+                t.push(u32s(format!("{n}.input_ids"), ids));
+                if let Some(ty) = type_ids {
+                    t.push(u32s(format!("{n}.token_type_ids"), ty));
+                }
+                t.push(i32_tensor(format!("{n}.cu_seqlens"), cu_seqlens));
+            }
+            StreamInput::Pixels { pixels, batch } => {
+                let per = pixels.len() / (*batch).max(1);
+                let c = match s.embedding {
+                    EmbeddingConfig::Vit { channels, .. } => channels,
+                    _ => 3,
+                };
+                let side = ((per / c.max(1)) as f64).sqrt().round() as usize;
+                t.push(f32_tensor(
+                    format!("{n}.pixels"),
+                    vec![*batch, c, side, side],
+                    pixels,
+                ));
+            }
+        }
+    }
+    if let Some((rows, cu)) = &inputs.context {
+        if let ModelKind::CrossEncoder { context_hidden } = config.kind {
+            t.push(f32_tensor(
+                "context.rows".into(),
+                vec![rows.len() / context_hidden.max(1), context_hidden],
+                rows,
+            ));
+            t.push(i32_tensor("context.cu_seqlens".into(), cu));
+        }
+    }
+    t
+}
+
+/// Serialises output tensors to safetensors bytes.
+pub fn tensors_to_bytes(tensors: &[OutputTensor]) -> Result<Vec<u8>> {
+    let mut views = BTreeMap::new();
+    for (name, dtype, shape, data) in tensors {
+        let v = TensorView::new(*dtype, shape.clone(), data).map_err(|e| Error::Safetensors {
+            context: name.clone(),
+            message: e.to_string(),
+        })?;
+        views.insert(name.clone(), v);
+    }
+    safetensors::serialize(views, None).map_err(|e| Error::Safetensors {
+        context: "serialize outputs".into(),
+        message: e.to_string(),
+    })
+}
+
+/// Writes bytes to `path` atomically: a temporary file beside it, renamed
+/// into place, so a failure never leaves a partial file.
+pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    let p = path.as_ref();
+    let dir = p
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file = p
+        .file_name()
+        .ok_or_else(|| Error::io(p, std::io::Error::other("not a file path")))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        file.to_string_lossy(),
+        std::process::id()
+    ));
+    let res = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, p));
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(p, e));
+    }
+    Ok(())
+}
+
+/// Writes every output of a forward pass to a safetensors file, atomically.
+pub fn write_outputs(config: &ModelConfig, out: &Outputs, path: impl AsRef<Path>) -> Result<()> {
+    let bytes = tensors_to_bytes(&output_tensors(config, out))?;
+    write_atomic(path, &bytes)
+}
