@@ -313,6 +313,13 @@ fn bad_inputs_are_reported_and_leave_no_file() {
         f(&mut t);
         t
     };
+    // A copy of `base` with tensor `name` changed by `f`.
+    let with = |base: &[OutputTensor], name: &str, f: &dyn Fn(&mut OutputTensor)| {
+        let mut t = base.to_vec();
+        let x = t.iter_mut().find(|x| x.0 == name).expect("tensor present");
+        f(x);
+        t
+    };
     let text_rows = meter.streams[0].hidden;
     let cases: Vec<BadCase<'_>> = vec![
         (
@@ -326,12 +333,8 @@ fn bad_inputs_are_reported_and_leave_no_file() {
             "misnamed tensor",
             &meter_cfg,
             &meter_w,
-            edit(&good_meter, &|t| {
-                for x in t.iter_mut() {
-                    if x.0 == "text.cu_seqlens" {
-                        x.0 = "text.cu_seqlen".into();
-                    }
-                }
+            with(&good_meter, "text.cu_seqlens", &|x| {
+                x.0 = "text.cu_seqlen".into();
             }),
             vec![
                 "missing tensor `text.cu_seqlens`",
@@ -342,13 +345,9 @@ fn bad_inputs_are_reported_and_leave_no_file() {
             "wrong width",
             &meter_cfg,
             &meter_w,
-            edit(&good_meter, &|t| {
-                for x in t.iter_mut() {
-                    if x.0 == "text.rows" {
-                        // Same bytes, but twice as wide as the stream.
-                        x.2 = vec![x.2[0] / 2, 2 * text_rows];
-                    }
-                }
+            with(&good_meter, "text.rows", &|x| {
+                // Same bytes, but twice as wide as the stream.
+                x.2 = vec![x.2[0] / 2, 2 * text_rows];
             }),
             vec!["`text.rows` has", "columns"],
         ),
@@ -356,12 +355,8 @@ fn bad_inputs_are_reported_and_leave_no_file() {
             "wrong dtype",
             &meter_cfg,
             &meter_w,
-            edit(&good_meter, &|t| {
-                for x in t.iter_mut() {
-                    if x.0 == "image.rows" {
-                        x.1 = Dtype::I32;
-                    }
-                }
+            with(&good_meter, "image.rows", &|x| {
+                x.1 = Dtype::I32;
             }),
             vec!["`image.rows` has dtype I32"],
         ),
@@ -369,12 +364,8 @@ fn bad_inputs_are_reported_and_leave_no_file() {
             "cu_seqlens decreasing",
             &meter_cfg,
             &meter_w,
-            edit(&good_meter, &|t| {
-                for x in t.iter_mut() {
-                    if x.0 == "text.cu_seqlens" {
-                        *x = i32t("text.cu_seqlens", &[0, 60, 40]);
-                    }
-                }
+            with(&good_meter, "text.cu_seqlens", &|x| {
+                *x = i32t("text.cu_seqlens", &[0, 60, 40]);
             }),
             vec!["cu_seqlens"],
         ),
@@ -382,12 +373,8 @@ fn bad_inputs_are_reported_and_leave_no_file() {
             "cu_seqlens not matching rows",
             &meter_cfg,
             &meter_w,
-            edit(&good_meter, &|t| {
-                for x in t.iter_mut() {
-                    if x.0 == "image.cu_seqlens" {
-                        *x = i32t("image.cu_seqlens", &[0, 10, 20]);
-                    }
-                }
+            with(&good_meter, "image.cu_seqlens", &|x| {
+                *x = i32t("image.cu_seqlens", &[0, 10, 20]);
             }),
             vec!["cu_seqlens ends at 20"],
         ),
@@ -395,15 +382,11 @@ fn bad_inputs_are_reported_and_leave_no_file() {
             "token id past the vocabulary",
             &bert_cfg,
             &bert_w,
-            edit(&good_bert, &|t| {
-                for x in t.iter_mut() {
-                    if x.0 == "text.input_ids" {
-                        let n = x.2[0];
-                        let mut ids = vec![1i32; n];
-                        ids[3] = vocab as i32 + 7;
-                        *x = i32t("text.input_ids", &ids);
-                    }
-                }
+            with(&good_bert, "text.input_ids", &|x| {
+                let n = x.2[0];
+                let mut ids = vec![1i32; n];
+                ids[3] = vocab as i32 + 7;
+                *x = i32t("text.input_ids", &ids);
             }),
             vec!["outside the vocabulary"],
         ),
