@@ -25,7 +25,7 @@ use crate::{Error, Result};
 pub enum Pooling {
     /// Mean over the sequence's tokens.
     Mean,
-    /// The first ([CLS]) token.
+    /// The first (`[CLS]`) token.
     Cls,
     /// Element-wise maximum over tokens.
     Max,

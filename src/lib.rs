@@ -7,7 +7,9 @@
 //! - [`device`] and [`kernels`]: CUDA context, streams, the embedded PTX modules.
 //! - [`ops`]: safe wrappers around the hand-written kernels (validate, then launch).
 //! - [`spec`]: the model's description (config, weights, FLOPs), shared by both backends.
-//! - [`reference`]: the exact CPU pass (the semantics of DESIGN.md).
+//! - [`reference`](mod@reference): the exact CPU pass (the semantics of DESIGN.md).
+//! - [`embed`], [`tensor_io`]: sentence embeddings from HuggingFace models;
+//!   `smarttrim run`'s input and output files.
 //!
 //! See `README.md` for the command-line tool and `DESIGN.md` for the semantics.
 

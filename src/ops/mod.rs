@@ -1,6 +1,6 @@
 //! Safe wrappers around the hand-written kernels: each validates its
 //! arguments (lengths, shapes, alignment, supported sizes) and returns an
-//! [`Error`](crate::Error) instead of launching on inconsistent input. All
+//! [`crate::Error`] instead of launching on inconsistent input. All
 //! `unsafe` launch code of the crate lives in this module.
 
 pub mod attention;
