@@ -17,6 +17,7 @@ pub mod device;
 pub mod embed;
 pub mod error;
 pub mod kernels;
+pub mod model;
 pub mod ops;
 pub mod reference;
 pub mod spec;
