@@ -249,15 +249,6 @@ impl GpuModel {
             stream
                 .memcpy_htod(&p.cu_seqlens, &mut w.cu[0])
                 .map_err(drv("uploading cu_seqlens"))?;
-            let h = cfg.streams[s].heads;
-            build_active_heads(
-                dev,
-                batch,
-                h,
-                &w.ones.slice(0..batch * h),
-                &mut w.all_pairs,
-                &mut w.all_count,
-            )?;
             cur.push(Cur {
                 x: 0,
                 c: 0,
@@ -281,6 +272,19 @@ impl GpuModel {
             }
             None => None,
         };
+        // The all-heads active lists (enqueued after every upload, so the
+        // uploads above wait on no work of this pass).
+        for (s, w) in sws.iter_mut().enumerate() {
+            let h = cfg.streams[s].heads;
+            build_active_heads(
+                dev,
+                batch,
+                h,
+                &w.ones.slice(0..batch * h),
+                &mut w.all_pairs,
+                &mut w.all_count,
+            )?;
+        }
         let context_rows: &CudaSlice<f16> = context_rows;
         let context_cu: &CudaSlice<i32> = context_cu;
         let ctx_ref = ctx_info.map(|(n, ms, d)| (context_rows, context_cu, n, ms, d));

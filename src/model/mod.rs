@@ -68,7 +68,7 @@ mod weights;
 mod workspace;
 
 pub use input::{prepare_inputs, PreparedInputs};
-pub use weights::{check_supported, GpuModel};
+pub use weights::{check_supported, gpu_variant, GpuModel};
 pub use workspace::{Capacity, StreamLayout, Workspace, WorkspaceLayout};
 
 use crate::reference::{HeadRecord, Packed};

@@ -330,3 +330,32 @@ impl GpuModel {
         self.weight_bytes
     }
 }
+
+/// A variant of `cfg` the kernels support, for small test models such as the
+/// `tiny-*` presets: a stream whose head size is below 32 gets
+/// `hidden / 32` heads (head size 32), and every token pruner's hidden width
+/// is rounded up to a multiple of 64. Everything else is unchanged (so
+/// [`check_supported`] may still reject it, e.g. for a hidden size that is
+/// not a multiple of 64 with token pruners).
+pub fn gpu_variant(cfg: &ModelConfig) -> ModelConfig {
+    let mut c = cfg.clone();
+    for s in &mut c.streams {
+        if s.heads > 0 && s.hidden / s.heads < 32 && s.hidden % 32 == 0 && s.hidden >= 32 {
+            s.heads = s.hidden / 32;
+        }
+        let hidden = s.hidden;
+        for l in &mut s.layers {
+            if let Some(tp) = &mut l.token_pruner {
+                let hs = tp.hidden.unwrap_or(hidden / 2);
+                tp.hidden = Some(hs.div_ceil(SCORE_TILE).max(1) * SCORE_TILE);
+            }
+            for hp in [&mut l.self_head_pruner, &mut l.cross_head_pruner]
+                .into_iter()
+                .flatten()
+            {
+                hp.min_heads = hp.min_heads.min(s.heads);
+            }
+        }
+    }
+    c
+}
