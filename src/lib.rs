@@ -8,7 +8,7 @@
 //! - [`ops`]: safe wrappers around the hand-written kernels (validate, then launch).
 //! - [`spec`]: the model's description (config, weights, FLOPs), shared by both backends.
 //! - [`reference`]: the exact CPU pass (the semantics of DESIGN.md).
-//! - [`model`]: the pruned forward pass on the GPU (tested against [`reference`]).
+//! - [`model`]: the pruned forward pass on the GPU (tested against [`reference`](mod@reference)).
 //!
 //! See `README.md` for the command-line tool and `DESIGN.md` for the semantics.
 

@@ -20,7 +20,7 @@
 //!   forward, before any device work of the pass is enqueued). ViT patch
 //!   embedding and BERT embeddings on the device are not implemented yet.
 //! - Everything after the embeddings runs on the device: token pruners
-//!   ([`crate::ops::token_scores`]), compaction ([`crate::ops::compact`]),
+//!   ([`crate::ops::token_scores`]), compaction ([`compact`](fn@crate::ops::compact)),
 //!   head pruners ([`crate::ops::head_scores`]), the linear layers (cuBLASLt
 //!   with a bias epilogue; GELU is the exact erf form, a separate
 //!   [`crate::ops::bias_gelu`] launch, never cuBLASLt's tanh epilogue),
