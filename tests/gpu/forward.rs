@@ -7,7 +7,8 @@
 //! forwards (`SMARTTRIM_FORWARD_REPEATS`, default 50) giving identical keep
 //! decisions with no growth in device memory use.
 //!
-//! Keep decisions must equal the reference's except near ties
+//! Weights and packed inputs are rounded through f16 first, so both sides
+//! start from the same values. Keep decisions must equal the reference's except near ties
 //! (`|sigmoid(s) - tau| < 1e-3`, reported); after a tie the two passes run
 //! on different rows, so the rows of that case are not compared.
 
@@ -15,7 +16,7 @@ use smarttrim::model::{
     gpu_variant, prepare_inputs, Capacity, GpuForwardOptions, GpuModel, GpuOutputs, SyncPolicy,
     Workspace,
 };
-use smarttrim::reference::{self, ForwardOptions, Inputs, Outputs};
+use smarttrim::reference::{self, ForwardOptions, Inputs, Outputs, StreamInput};
 use smarttrim::spec::{preset, KeepRule, ModelConfig, Weights};
 
 use crate::common::*;
@@ -157,9 +158,47 @@ struct Case {
     ragged: bool,
 }
 
+/// The weights rounded through f16 (as the device holds them), so the
+/// reference computes with exactly the device's weight values.
+fn round_weights(w: &Weights) -> Weights {
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = w
+        .tensors()
+        .into_iter()
+        .map(|(n, s, d)| {
+            let b = round_f16(&d).iter().flat_map(|x| x.to_le_bytes()).collect();
+            (n, s, b)
+        })
+        .collect();
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .expect("tensor view");
+            (n.clone(), v)
+        })
+        .collect();
+    let bytes = safetensors::serialize(views, None).expect("serialize");
+    Weights::from_safetensors_bytes(&w.config, &bytes, "f16-rounded weights").expect("reload")
+}
+
+/// Packed input rows and the context rounded through f16 (as uploaded), so
+/// the reference sees the device's inputs (embedded streams are rounded
+/// after the host embedding, which the reference cannot mirror).
+fn round_inputs(inputs: &mut Inputs) {
+    for s in &mut inputs.streams {
+        if let StreamInput::Packed { rows, .. } = s {
+            *rows = round_f16(rows);
+        }
+    }
+    if let Some((rows, _)) = &mut inputs.context {
+        *rows = round_f16(rows);
+    }
+}
+
 fn setup(cfg: &ModelConfig, batch: usize, ragged: bool, seed: u64) -> (Weights, Inputs, Capacity) {
-    let w = Weights::random(cfg, seed).expect("random weights");
-    let inputs = reference::synthetic_inputs(cfg, batch, seed + 1, ragged);
+    let w = round_weights(&Weights::random(cfg, seed).expect("random weights"));
+    let mut inputs = reference::synthetic_inputs(cfg, batch, seed + 1, ragged);
+    round_inputs(&mut inputs);
     let emb: Vec<_> = w.streams.iter().map(|s| s.embeddings.clone()).collect();
     let prep = prepare_inputs(cfg, &emb, &inputs, None).expect("valid inputs");
     let cap = Capacity::for_inputs(&prep);
@@ -457,4 +496,41 @@ fn forward_rejects_bad_inputs() {
     let mut ws2 = Workspace::new(&m2, cap2).unwrap();
     assert!(model.forward(&mut ws2, &inputs, &opts).is_err());
     m2.forward(&mut ws2, &inputs2, &opts).unwrap();
+}
+
+/// Runs without a GPU: the helpers above (f16-rounded weights reload, inputs
+/// fit their capacity, the reference passes the GPU tests compare with run
+/// and prune something).
+#[test]
+fn forward_test_setup_is_sound() {
+    for name in ["tiny-meter", "tiny-bert", "tiny-vit", "tiny-blip"] {
+        let cfg = gpu_variant(&preset(name).unwrap());
+        smarttrim::model::check_supported(&cfg).unwrap();
+        let (w, inputs, cap) = setup(&cfg, 8, true, 7);
+        let raw = Weights::random(&cfg, 7).unwrap();
+        let (a, b): (Vec<f32>, Vec<f32>) = w
+            .tensors()
+            .into_iter()
+            .zip(raw.tensors())
+            .flat_map(|(x, y)| x.2.into_iter().zip(y.2))
+            .unzip();
+        let e = rel_err(&a, &b);
+        assert!(
+            e > 0.0 && e < 1e-3,
+            "{name}: f16 rounding changed weights by {e:.2e}"
+        );
+        assert_eq!(cap.max_batch, 8);
+        let r = reference::forward(&w, &inputs, &ForwardOptions { dense: false }).unwrap();
+        let pruned: i32 = r
+            .streams
+            .iter()
+            .flat_map(|s| &s.layers)
+            .map(|l| l.rows_in.iter().sum::<i32>() - l.kept.iter().sum::<i32>())
+            .sum();
+        assert!(
+            pruned > 0,
+            "{name}: the reference pruned nothing; the GPU test would be weak"
+        );
+        assert!(pruning_layers(&w) > 0);
+    }
 }
