@@ -879,3 +879,43 @@ fn run_head_pruner(
 }
 
 type CudaViewMutI32<'a> = cudarc::driver::CudaViewMut<'a, i32>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ping_pong_and_slots() {
+        let mut a = [1, 2];
+        let (c, o) = pair(&mut a, 0);
+        assert_eq!((*c, *o), (1, 2));
+        *o = 5;
+        let (c, o) = pair(&mut a, 1);
+        assert_eq!((*c, *o), (5, 1));
+        // Statistics slots tile [layers][streams][3][batch] without overlap.
+        let (nl, ns, b) = (3, 2, 8);
+        let mut seen = vec![false; nl * ns * 3 * b];
+        for l in 0..nl {
+            for s in 0..ns {
+                for k in 0..3 {
+                    let o = stat_off(l, s, k, ns, b);
+                    for x in &mut seen[o..o + b] {
+                        assert!(!*x);
+                        *x = true;
+                    }
+                }
+            }
+        }
+        assert!(seen.iter().all(|&x| x));
+        assert_eq!(head_off(2, 1, 16), 5 * 16);
+        let c = Cur {
+            x: 0,
+            c: 0,
+            rows: 30,
+            max_len: 40,
+        };
+        assert_eq!(c.max_seqlen(), 30);
+        let c = Cur { rows: 300, ..c };
+        assert_eq!(c.max_seqlen(), 40);
+    }
+}
