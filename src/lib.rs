@@ -10,6 +10,7 @@
 //! - [`reference`](mod@reference): the exact CPU pass (the semantics of DESIGN.md).
 //! - [`embed`], [`tensor_io`]: sentence embeddings from HuggingFace models;
 //!   `smarttrim run`'s input and output files.
+//! - [`model`]: the pruned forward pass on the GPU (tested against [`reference`](mod@reference)).
 //!
 //! See `README.md` for the command-line tool and `DESIGN.md` for the semantics.
 
@@ -19,6 +20,7 @@ pub mod device;
 pub mod embed;
 pub mod error;
 pub mod kernels;
+pub mod model;
 pub mod ops;
 pub mod reference;
 pub mod spec;

@@ -9,6 +9,7 @@ mod attention;
 mod common;
 mod compact;
 mod elementwise;
+mod forward;
 mod gemm;
 mod layernorm;
 mod score;

@@ -1,0 +1,921 @@
+//! [`GpuModel::forward`]: the pruned pass on the device, in the reference's
+//! order (module docs of [`crate::model`]).
+
+use cudarc::driver::{CudaSlice, CudaView};
+use half::f16;
+
+use super::input::prepare_inputs;
+use super::weights::{DevHeadPruner, DevLayer, DevLinear, DevLn, GpuModel};
+use super::workspace::{StreamWs, Workspace, WorkspaceLayout};
+use super::{GpuForwardOptions, GpuLayerRecord, GpuOutputs, GpuStreamOutput, SyncPolicy};
+use crate::device::Device;
+use crate::ops::{
+    bias_gelu, bias_residual, build_active_heads, compact, cross_attention, first_token,
+    head_scores, layer_norm_ext, mean_pool, self_attention, token_scores, AttentionShape, Blas,
+    ColsShape, CompactInputs, CompactOutputs, CompactShape, Epilogue, HeadPrunerDev,
+    HeadScoreOutputs, HeadScoreWorkspace, HeadSelection, KeepRuleDev, LayerNormExtras,
+    LayerNormShape, LinearShape, LnDev, OtherStream, PoolOut, PoolShape, PrunerInput,
+    TokenPrunerDev, TokenScoreOutputs, TokenScoreWorkspace,
+};
+use crate::reference::model::Inputs;
+use crate::reference::{HeadRecord, Packed};
+use crate::spec::{HeadPrunerConfig, KeepRule, ModelConfig, ModelKind, StreamConfig};
+use crate::{Error, Result};
+
+/// Where a stream stands: which ping-pong buffers are current, and the host's
+/// row count sizing the launches.
+#[derive(Debug, Clone, Copy)]
+struct Cur {
+    /// Current rows buffer (`x[x]`).
+    x: usize,
+    /// Current `cu_seqlens` / `orig_index` buffers.
+    c: usize,
+    /// Host row count: exact under `ReadCounts`, the unpruned total under
+    /// `UpperBound`.
+    rows: usize,
+    /// The unpruned longest sequence.
+    max_len: usize,
+}
+
+impl Cur {
+    /// Host bound on any sequence's length, never above the rows present.
+    fn max_seqlen(&self) -> usize {
+        self.max_len.min(self.rows)
+    }
+}
+
+/// The other stream's (or the context's) rows as a layer or pruner sees them.
+struct OtherRef<'a> {
+    rows: &'a CudaSlice<f16>,
+    cu: CudaView<'a, i32>,
+    n: usize,
+    max_seqlen: usize,
+    d: usize,
+}
+
+/// The context of a cross encoder: rows, cu_seqlens, rows, longest, width.
+type ContextRef<'a> = (&'a CudaSlice<f16>, &'a CudaSlice<i32>, usize, usize, usize);
+
+/// The other stream as seen by stream `s`: `cur` of the other stream (its
+/// entering rows before compaction, its compacted rows after), or the
+/// cross encoder's context.
+fn other_of<'a>(
+    cfg: &ModelConfig,
+    s: usize,
+    o: Option<&'a StreamWs>,
+    cur: &[Cur],
+    batch: usize,
+    ctx: Option<ContextRef<'a>>,
+) -> Option<OtherRef<'a>> {
+    match cfg.kind {
+        ModelKind::Encoder => None,
+        ModelKind::CoAttention => o.map(|o| {
+            let c = cur[1 - s];
+            OtherRef {
+                rows: &o.x[c.x],
+                cu: o.cu[c.c].slice(0..batch + 1),
+                n: c.rows,
+                max_seqlen: c.max_seqlen(),
+                d: cfg.streams[1 - s].hidden,
+            }
+        }),
+        ModelKind::CrossEncoder { .. } => ctx.map(|(rows, cu, n, ms, d)| OtherRef {
+            rows,
+            cu: cu.slice(0..batch + 1),
+            n,
+            max_seqlen: ms.min(n),
+            d,
+        }),
+    }
+}
+
+/// `(current, other)` of a ping-pong pair.
+fn pair<T>(a: &mut [T; 2], cur: usize) -> (&T, &mut T) {
+    let [p, q] = a;
+    if cur == 0 {
+        (&*p, q)
+    } else {
+        (&*q, p)
+    }
+}
+
+/// Stream `s` mutably and, in two-stream models, the other one shared.
+fn split(v: &mut [StreamWs], s: usize) -> (&mut StreamWs, Option<&StreamWs>) {
+    let (lo, hi) = v.split_at_mut(1);
+    if s == 0 {
+        (&mut lo[0], hi.first())
+    } else {
+        (&mut hi[0], Some(&lo[0]))
+    }
+}
+
+fn drv(what: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
+    move |e| Error::driver(what, e)
+}
+
+/// `y = x W^T (+ b)` on the first `rows` rows.
+#[allow(clippy::too_many_arguments)]
+fn linear(
+    blas: &Blas,
+    rows: usize,
+    k: usize,
+    n: usize,
+    x: &CudaSlice<f16>,
+    l: &DevLinear,
+    with_bias: bool,
+    y: &mut CudaSlice<f16>,
+) -> Result<()> {
+    let b = l.b.as_view();
+    blas.linear(
+        LinearShape { rows, k, n },
+        &x.as_view(),
+        &l.w.as_view(),
+        with_bias.then_some(&b),
+        if with_bias {
+            Epilogue::Bias
+        } else {
+            Epilogue::None
+        },
+        y,
+    )
+}
+
+/// `out = LN(x (+ residual))` on the rows below the device count `nd`.
+#[allow(clippy::too_many_arguments)]
+fn ln(
+    dev: &Device,
+    rows: usize,
+    d: usize,
+    eps: f32,
+    x: &CudaSlice<f16>,
+    residual: Option<&CudaSlice<f16>>,
+    w: &DevLn,
+    nd: &CudaView<'_, i32>,
+    out: &mut CudaSlice<f16>,
+) -> Result<()> {
+    layer_norm_ext(
+        dev,
+        LayerNormShape { rows, d, eps },
+        x,
+        &w.gamma,
+        &w.beta,
+        out,
+        LayerNormExtras {
+            residual,
+            rows_dev: Some(nd),
+        },
+    )
+}
+
+fn ln_dev(l: &DevLn) -> LnDev<'_> {
+    LnDev {
+        gamma: &l.gamma,
+        beta: &l.beta,
+    }
+}
+
+/// Which heads an attention module runs: all of them, or those of a head
+/// pruner's mask at an offset of the stream's mask log.
+#[derive(Debug, Clone, Copy)]
+enum Heads {
+    All,
+    Pruned(usize),
+}
+
+/// Slot of `[layers][streams][3][batch]` statistics.
+fn stat_off(l: usize, s: usize, k: usize, ns: usize, batch: usize) -> usize {
+    ((l * ns + s) * 3 + k) * batch
+}
+
+/// Slot of `[layers][2][batch * heads]` head logs (module 0 self, 1 cross).
+fn head_off(l: usize, m: usize, bh: usize) -> usize {
+    (l * 2 + m) * bh
+}
+
+impl GpuModel {
+    /// Runs the forward pass (DESIGN.md semantics, the reference's order) on
+    /// `inputs` with the buffers of `ws`; see [`crate::model`] for what runs
+    /// where and for the sync policies. Inputs are validated and embedded on
+    /// the host before any device work ([`prepare_inputs`]); a workspace made
+    /// for another model or too small for the inputs is an
+    /// [`Error::InvalidArgument`].
+    pub fn forward(
+        &self,
+        ws: &mut Workspace,
+        inputs: &Inputs,
+        opts: &GpuForwardOptions,
+    ) -> Result<GpuOutputs> {
+        const FWD: &str = "GpuModel::forward";
+        let cfg = &self.config;
+        if WorkspaceLayout::new(cfg, &ws.capacity)? != ws.layout {
+            return Err(Error::invalid(
+                FWD,
+                "the workspace was allocated for a different model",
+            ));
+        }
+        let prep = prepare_inputs(cfg, &self.embeddings, inputs, Some(&ws.capacity))?;
+        let batch = prep.batch;
+        let dev = &self.dev;
+        let stream = dev.stream();
+        let ns = cfg.streams.len();
+        let nl = cfg.streams[0].layers.len();
+        let dense = opts.dense;
+        let read_counts = opts.sync == SyncPolicy::ReadCounts;
+        let mut syncs = 0usize;
+
+        let Workspace {
+            streams: sws,
+            context_rows,
+            context_cu,
+            totals,
+            stats,
+            ..
+        } = ws;
+
+        // Inputs: embedded on the host, uploaded as f16 before any work of
+        // this pass is enqueued.
+        let mut cur = Vec::with_capacity(ns);
+        for (s, p) in prep.streams.iter().enumerate() {
+            let w = &mut sws[s];
+            let rows16: Vec<f16> = p.rows.iter().map(|&v| f16::from_f32(v)).collect();
+            if !rows16.is_empty() {
+                stream
+                    .memcpy_htod(&rows16, &mut w.x[0])
+                    .map_err(drv("uploading input rows"))?;
+                stream
+                    .memcpy_htod(&p.orig_index, &mut w.orig[0])
+                    .map_err(drv("uploading orig_index"))?;
+            }
+            stream
+                .memcpy_htod(&p.cu_seqlens, &mut w.cu[0])
+                .map_err(drv("uploading cu_seqlens"))?;
+            cur.push(Cur {
+                x: 0,
+                c: 0,
+                rows: p.total(),
+                max_len: prep.max_seqlen(s),
+            });
+        }
+        let ctx_info = match &prep.context {
+            Some(c) => {
+                let rows16: Vec<f16> = c.rows.iter().map(|&v| f16::from_f32(v)).collect();
+                if !rows16.is_empty() {
+                    stream
+                        .memcpy_htod(&rows16, context_rows)
+                        .map_err(drv("uploading the context rows"))?;
+                }
+                stream
+                    .memcpy_htod(&c.cu_seqlens, context_cu)
+                    .map_err(drv("uploading the context cu_seqlens"))?;
+                let ms = c.lengths().into_iter().max().unwrap_or(0).max(0) as usize;
+                Some((c.total(), ms, c.d))
+            }
+            None => None,
+        };
+        // The all-heads active lists (enqueued after every upload, so the
+        // uploads above wait on no work of this pass).
+        for (s, w) in sws.iter_mut().enumerate() {
+            let h = cfg.streams[s].heads;
+            build_active_heads(
+                dev,
+                batch,
+                h,
+                &w.ones.slice(0..batch * h),
+                &mut w.all_pairs,
+                &mut w.all_count,
+            )?;
+        }
+        let context_rows: &CudaSlice<f16> = context_rows;
+        let context_cu: &CudaSlice<i32> = context_cu;
+        let ctx_ref = ctx_info.map(|(n, ms, d)| (context_rows, context_cu, n, ms, d));
+        // [layer][stream] -> (token pruner, self head pruner, cross head pruner) ran.
+        let mut ran = vec![vec![[false; 3]; ns]; nl];
+        #[allow(clippy::needless_range_loop)] // `l` indexes weights, config and logs too
+        for l in 0..nl {
+            // 1. Token pruners score the entering rows, each seeing the
+            //    other stream's entering rows.
+            for s in 0..ns {
+                let sc = &cfg.streams[s];
+                let lw = &self.streams[s].layers[l];
+                let (Some(tp), Some(tc)) = (&lw.token_pruner, &sc.layers[l].token_pruner) else {
+                    continue;
+                };
+                if dense {
+                    continue;
+                }
+                ran[l][s][0] = true;
+                let (w, o) = split(sws, s);
+                let other = other_of(cfg, s, o, &cur, batch, ctx_ref);
+                let c = cur[s];
+                let r = w.x[0].len() / sc.hidden;
+                let cu_v = w.cu[c.c].slice(0..batch + 1);
+                let input = PrunerInput {
+                    batch,
+                    total_rows: c.rows,
+                    x: &w.x[c.x],
+                    cu_seqlens: &cu_v,
+                    other: other.as_ref().map(|o| OtherStream {
+                        rows: o.rows,
+                        cu_seqlens: &o.cu,
+                        total_rows: o.n,
+                    }),
+                };
+                let weights = TokenPrunerDev {
+                    ln_p: ln_dev(&tp.ln_p),
+                    ln_c: tp.ln_c.as_ref().map(ln_dev),
+                    w1x: &tp.w1x,
+                    w1s: &tp.w1s,
+                    w1c: tp.w1c.as_ref().map(|x| x as _),
+                    b1: &tp.b1,
+                    w2: &tp.w2,
+                    b2: tp.b2,
+                    d: sc.hidden,
+                    d_other: tp.d_other,
+                    hs: tp.hs,
+                    eps: sc.ln_eps,
+                };
+                let has_other = other.is_some();
+                let mut scores = w.score_log.slice_mut(l * r..(l + 1) * r);
+                let (tau, flags) = match tc.rule {
+                    KeepRule::Threshold { tau } => (tau, Some(&mut w.flags as _)),
+                    KeepRule::Budget { .. } => (0.5, None),
+                };
+                token_scores(
+                    dev,
+                    &input,
+                    &weights,
+                    TokenScoreWorkspace {
+                        u: &mut w.u,
+                        uy: has_other.then_some(&mut w.uy as _),
+                        g_self: &mut w.g_self,
+                        g_cross: has_other.then_some(&mut w.g_cross as _),
+                        context: &mut w.context,
+                        partial: None,
+                    },
+                    TokenScoreOutputs {
+                        scores: &mut scores,
+                        flags,
+                        tau,
+                        keep_first: tc.keep_first,
+                    },
+                )?;
+            }
+            // 2. Every pruned stream is compacted.
+            let mut any = false;
+            for s in 0..ns {
+                if !ran[l][s][0] {
+                    continue;
+                }
+                any = true;
+                let sc = &cfg.streams[s];
+                let Some(tc) = &sc.layers[l].token_pruner else {
+                    continue;
+                };
+                let w = &mut sws[s];
+                let c = cur[s];
+                let r = w.x[0].len() / sc.hidden;
+                let (xin, xout) = pair(&mut w.x, c.x);
+                let (cin, cout) = pair(&mut w.cu, c.c);
+                let (oin, oout) = pair(&mut w.orig, c.c);
+                let cin_v = cin.slice(0..batch + 1);
+                let mut cout_v = cout.slice_mut(0..batch + 1);
+                let scores_v = w.score_log.slice(l * r..(l + 1) * r);
+                let mut keep_v = w.keep_log.slice_mut(l * r..(l + 1) * r);
+                let k0 = stat_off(l, s, 0, ns, batch);
+                let mut kept_v = stats.slice_mut(k0..k0 + batch);
+                let mut total_v = totals.slice_mut(s..s + 1);
+                let rule = match tc.rule {
+                    KeepRule::Threshold { .. } => KeepRuleDev::Flags(&w.flags),
+                    KeepRule::Budget { rho } => KeepRuleDev::Budget {
+                        scores: &scores_v,
+                        rho,
+                    },
+                };
+                compact(
+                    dev,
+                    CompactShape {
+                        batch,
+                        total_rows: c.rows,
+                        max_seqlen: c.max_seqlen(),
+                        d: sc.hidden,
+                    },
+                    rule,
+                    tc.keep_first,
+                    CompactInputs {
+                        rows: xin,
+                        cu_seqlens: &cin_v,
+                        orig_index: oin,
+                    },
+                    CompactOutputs {
+                        rows: xout,
+                        cu_seqlens: &mut cout_v,
+                        orig_index: oout,
+                        kept_counts: &mut kept_v,
+                        scratch: &mut w.scratch,
+                        new_total: Some(&mut total_v),
+                        keep_out: Some(&mut keep_v),
+                    },
+                )?;
+                cur[s].x ^= 1;
+                cur[s].c ^= 1;
+            }
+            if any && read_counts {
+                // Policy (a): one small copy and one wait for all streams
+                // compacted at this layer.
+                let mut host = vec![0i32; ns];
+                stream
+                    .memcpy_dtoh(&totals.slice(0..ns), &mut host)
+                    .map_err(drv("reading the row counts"))?;
+                dev.synchronize()?;
+                syncs += 1;
+                for s in 0..ns {
+                    if ran[l][s][0] {
+                        let n = host[s];
+                        if n < 0 || n as usize > cur[s].rows {
+                            return Err(Error::invalid(
+                                FWD,
+                                format!(
+                                    "the device reports {n} rows after compaction, more than \
+                                     the {} that entered",
+                                    cur[s].rows
+                                ),
+                            ));
+                        }
+                        cur[s].rows = n as usize;
+                    }
+                }
+            }
+            // 3. Head pruners on the compacted rows; 4. the layer.
+            for s in 0..ns {
+                let sc = &cfg.streams[s];
+                let lc = &sc.layers[l];
+                let lw = &self.streams[s].layers[l];
+                let (w, o) = split(sws, s);
+                let other = other_of(cfg, s, o, &cur, batch, ctx_ref);
+                let c = cur[s];
+                let bh = batch * sc.heads;
+                let mut heads = [Heads::All, Heads::All];
+                let hps = [
+                    (lw.self_head_pruner.as_ref(), &lc.self_head_pruner),
+                    (
+                        lw.cross.as_ref().and_then(|c| c.head_pruner.as_ref()),
+                        &lc.cross_head_pruner,
+                    ),
+                ];
+                for (m, (hw, hc)) in hps.into_iter().enumerate() {
+                    let (Some(hw), Some(hc)) = (hw, hc) else {
+                        continue;
+                    };
+                    if dense {
+                        continue;
+                    }
+                    let off = head_off(l, m, bh);
+                    let k = stat_off(l, s, 1 + m, ns, batch);
+                    let mut counts = stats.slice_mut(k..k + batch);
+                    run_head_pruner(
+                        dev,
+                        sc,
+                        w,
+                        other.as_ref(),
+                        c,
+                        batch,
+                        hw,
+                        hc,
+                        m,
+                        off,
+                        &mut counts,
+                    )?;
+                    ran[l][s][1 + m] = true;
+                    heads[m] = Heads::Pruned(off);
+                }
+                self.run_layer(sc, lw, w, other.as_ref(), c, batch, heads)?;
+            }
+            for c in cur.iter_mut() {
+                c.x ^= 1;
+            }
+        }
+
+        // Final LayerNorm and pooling.
+        let mut fin = vec![0usize; ns];
+        for s in 0..ns {
+            let sc = &cfg.streams[s];
+            let w = &mut sws[s];
+            let c = cur[s];
+            let d = sc.hidden;
+            fin[s] = c.x;
+            if let Some(fl) = &self.streams[s].final_ln {
+                let nd = w.cu[c.c].slice(batch..batch + 1);
+                let (xin, xout) = pair(&mut w.x, c.x);
+                ln(dev, c.rows, d, sc.ln_eps, xin, None, fl, &nd, xout)?;
+                fin[s] = c.x ^ 1;
+            }
+            let cu_v = w.cu[c.c].slice(0..batch + 1);
+            let shape = PoolShape {
+                batch,
+                total_rows: c.rows,
+                d,
+            };
+            first_token(dev, shape, &w.x[fin[s]], &cu_v, &mut w.pooled_first)?;
+            mean_pool(
+                dev,
+                shape,
+                &w.x[fin[s]],
+                &cu_v,
+                PoolOut::F32(&mut w.pooled_mean),
+            )?;
+        }
+
+        // The one wait at the end, then copies from the idle stream.
+        dev.synchronize()?;
+        syncs += 1;
+        let stats_h: Vec<i32> = stream
+            .clone_dtoh(&stats.slice(0..nl * ns * 3 * batch))
+            .map_err(drv("reading the statistics"))?;
+        let mut outs = Vec::with_capacity(ns);
+        for s in 0..ns {
+            let sc = &cfg.streams[s];
+            let w = &sws[s];
+            let c = cur[s];
+            let d = sc.hidden;
+            let h = sc.heads;
+            let bh = batch * h;
+            let r = w.x[0].len() / d;
+            let cu_h: Vec<i32> = stream
+                .clone_dtoh(&w.cu[c.c].slice(0..batch + 1))
+                .map_err(drv("reading cu_seqlens"))?;
+            let total = cu_h[batch].max(0) as usize;
+            if total > c.rows {
+                return Err(Error::invalid(
+                    FWD,
+                    format!(
+                        "stream `{}`: the device reports {total} final rows, more than the {} bound",
+                        sc.name, c.rows
+                    ),
+                ));
+            }
+            let (rows, orig) = if total > 0 {
+                let r16: Vec<f16> = stream
+                    .clone_dtoh(&w.x[fin[s]].slice(0..total * d))
+                    .map_err(drv("reading the final rows"))?;
+                let o: Vec<i32> = stream
+                    .clone_dtoh(&w.orig[c.c].slice(0..total))
+                    .map_err(drv("reading orig_index"))?;
+                (r16.iter().map(|v| v.to_f32()).collect(), o)
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            let pf: Vec<f16> = stream
+                .clone_dtoh(&w.pooled_first.slice(0..batch * d))
+                .map_err(drv("reading pooled rows"))?;
+            let pm: Vec<f32> = stream
+                .clone_dtoh(&w.pooled_mean.slice(0..batch * d))
+                .map_err(drv("reading pooled rows"))?;
+            let any_token = ran.iter().any(|x| x[s][0]);
+            let any_head = ran.iter().any(|x| x[s][1] || x[s][2]);
+            let (score_log, keep_log) = if any_token {
+                (
+                    stream
+                        .clone_dtoh(&w.score_log.slice(0..nl * r))
+                        .map_err(drv("reading scores"))?,
+                    stream
+                        .clone_dtoh(&w.keep_log.slice(0..nl * r))
+                        .map_err(drv("reading keep flags"))?,
+                )
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            let (logit_log, mask_log) = if any_head {
+                (
+                    stream
+                        .clone_dtoh(&w.logit_log.slice(0..nl * 2 * bh))
+                        .map_err(drv("reading head logits"))?,
+                    stream
+                        .clone_dtoh(&w.mask_log.slice(0..nl * 2 * bh))
+                        .map_err(drv("reading head masks"))?,
+                )
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            let mut lengths = prep.streams[s].lengths();
+            let has_cross = self.streams[s].layers.iter().any(|l| l.cross.is_some());
+            let mut layers = Vec::with_capacity(nl);
+            for (l, ran_l) in ran.iter().enumerate() {
+                let [tok, hs_self, hs_cross] = ran_l[s];
+                let rows_in = lengths.clone();
+                let n_in: usize = rows_in.iter().map(|&x| x.max(0) as usize).sum();
+                let slot = |k: usize| {
+                    let o = stat_off(l, s, k, ns, batch);
+                    stats_h[o..o + batch].to_vec()
+                };
+                let kept = if tok { slot(0) } else { rows_in.clone() };
+                let head_rec = |m: usize| {
+                    let o = head_off(l, m, bh);
+                    HeadRecord {
+                        logits: logit_log[o..o + bh].to_vec(),
+                        mask: mask_log[o..o + bh].to_vec(),
+                    }
+                };
+                let layer_has_cross = self.streams[s].layers[l].cross.is_some();
+                layers.push(GpuLayerRecord {
+                    scores: tok.then(|| score_log[l * r..l * r + n_in].to_vec()),
+                    keep: tok.then(|| {
+                        keep_log[l * r..l * r + n_in]
+                            .iter()
+                            .map(|&k| k != 0)
+                            .collect()
+                    }),
+                    kept: kept.clone(),
+                    self_heads: hs_self.then(|| head_rec(0)),
+                    cross_heads: hs_cross.then(|| head_rec(1)),
+                    active_self_heads: if hs_self {
+                        slot(1)
+                    } else {
+                        vec![h as i32; batch]
+                    },
+                    active_cross_heads: if hs_cross {
+                        slot(2)
+                    } else if has_cross && layer_has_cross {
+                        vec![h as i32; batch]
+                    } else {
+                        vec![0; batch]
+                    },
+                    rows_in,
+                });
+                lengths = kept;
+            }
+            outs.push(GpuStreamOutput {
+                name: sc.name.clone(),
+                packed: Packed {
+                    rows,
+                    d,
+                    cu_seqlens: cu_h,
+                    orig_index: orig,
+                },
+                pooled_first: pf.iter().map(|v| v.to_f32()).collect(),
+                pooled_mean: pm,
+                layers,
+            });
+        }
+        Ok(GpuOutputs {
+            streams: outs,
+            syncs,
+            policy: opts.sync,
+        })
+    }
+
+    /// One layer of stream `sc` on its current (compacted) rows `x[c.x]`,
+    /// writing `x[c.x ^ 1]`. Pre-LN: `h = x + SA(LN1 x)`, `h += CA(LN2 h, y)`,
+    /// `o = h + FFN(LN3 h)`; post-LN: `h = LN1(x + SA x)`,
+    /// `h = LN2(h + CA(h, y))`, `o = LN3(h + FFN h)`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_layer(
+        &self,
+        sc: &StreamConfig,
+        lw: &DevLayer,
+        w: &mut StreamWs,
+        other: Option<&OtherRef<'_>>,
+        c: Cur,
+        batch: usize,
+        heads: [Heads; 2],
+    ) -> Result<()> {
+        let dev = &self.dev;
+        let blas = &self.blas;
+        let (d, hd, eps, f) = (sc.hidden, sc.heads, sc.ln_eps, sc.ffn);
+        let dh = d / hd;
+        let n = c.rows;
+        let ms = c.max_seqlen();
+        let bh = batch * hd;
+        let cu_v = w.cu[c.c].slice(0..batch + 1);
+        let nd = w.cu[c.c].slice(batch..batch + 1);
+        let (xin, xout) = pair(&mut w.x, c.x);
+        let off = |h: Heads| match h {
+            Heads::All => 0,
+            Heads::Pruned(o) => o,
+        };
+        let mask_s = w.mask_log.slice(off(heads[0])..off(heads[0]) + bh);
+        let mask_c = w.mask_log.slice(off(heads[1])..off(heads[1]) + bh);
+        let sel_s = match heads[0] {
+            Heads::All => HeadSelection {
+                active: &w.all_pairs,
+                n_active: &w.all_count,
+                head_mask: None,
+            },
+            Heads::Pruned(_) => HeadSelection {
+                active: &w.pairs_self,
+                n_active: &w.count_self,
+                head_mask: Some(&mask_s),
+            },
+        };
+        let sel_c = match heads[1] {
+            Heads::All => HeadSelection {
+                active: &w.all_pairs,
+                n_active: &w.all_count,
+                head_mask: None,
+            },
+            Heads::Pruned(_) => HeadSelection {
+                active: &w.pairs_cross,
+                n_active: &w.count_cross,
+                head_mask: Some(&mask_c),
+            },
+        };
+        let self_shape = AttentionShape {
+            batch,
+            heads: hd,
+            head_dim: dh,
+            rows_q: n,
+            rows_k: n,
+            max_seqlen_q: ms,
+            max_seqlen_k: ms,
+        };
+        let cross = match (&lw.cross, other) {
+            (Some(cw), Some(o)) => Some((cw, o)),
+            _ => None,
+        };
+        let cross_shape = |o: &OtherRef<'_>| AttentionShape {
+            batch,
+            heads: hd,
+            head_dim: dh,
+            rows_q: n,
+            rows_k: o.n,
+            max_seqlen_q: ms,
+            max_seqlen_k: o.max_seqlen,
+        };
+        let cols = |width: usize| ColsShape { rows: n, n: width };
+        if sc.pre_ln {
+            ln(dev, n, d, eps, xin, None, &lw.self_ln, &nd, &mut w.a)?;
+            linear(blas, n, d, 3 * d, &w.a, &lw.qkv, true, &mut w.qkv)?;
+            self_attention(dev, &self_shape, &w.qkv, &cu_v, &sel_s, &mut w.ctx)?;
+            linear(blas, n, d, d, &w.ctx, &lw.self_out, false, &mut w.h)?;
+            bias_residual(dev, cols(d), &mut w.h, &lw.self_out.b, xin, Some(&nd))?;
+            let hcur = if let Some((cw, o)) = cross {
+                ln(dev, n, d, eps, &w.h, None, &cw.ln, &nd, &mut w.a)?;
+                linear(blas, n, d, d, &w.a, &cw.q, true, &mut w.q)?;
+                linear(blas, o.n, o.d, 2 * d, o.rows, &cw.kv, true, &mut w.kv)?;
+                cross_attention(
+                    dev,
+                    &cross_shape(o),
+                    &w.q,
+                    &w.kv,
+                    &cu_v,
+                    &o.cu,
+                    &sel_c,
+                    &mut w.ctx,
+                )?;
+                linear(blas, n, d, d, &w.ctx, &cw.out, false, &mut w.t)?;
+                bias_residual(dev, cols(d), &mut w.t, &cw.out.b, &w.h, Some(&nd))?;
+                &w.t
+            } else {
+                &w.h
+            };
+            ln(dev, n, d, eps, hcur, None, &lw.ffn_ln, &nd, &mut w.a)?;
+            linear(blas, n, d, f, &w.a, &lw.fc1, false, &mut w.ffn)?;
+            bias_gelu(dev, cols(f), &mut w.ffn, &lw.fc1.b, Some(&nd))?;
+            linear(blas, n, f, d, &w.ffn, &lw.fc2, false, xout)?;
+            bias_residual(dev, cols(d), xout, &lw.fc2.b, hcur, Some(&nd))?;
+        } else {
+            linear(blas, n, d, 3 * d, xin, &lw.qkv, true, &mut w.qkv)?;
+            self_attention(dev, &self_shape, &w.qkv, &cu_v, &sel_s, &mut w.ctx)?;
+            linear(blas, n, d, d, &w.ctx, &lw.self_out, true, &mut w.t)?;
+            ln(dev, n, d, eps, &w.t, Some(xin), &lw.self_ln, &nd, &mut w.h)?;
+            let hcur = if let Some((cw, o)) = cross {
+                linear(blas, n, d, d, &w.h, &cw.q, true, &mut w.q)?;
+                linear(blas, o.n, o.d, 2 * d, o.rows, &cw.kv, true, &mut w.kv)?;
+                cross_attention(
+                    dev,
+                    &cross_shape(o),
+                    &w.q,
+                    &w.kv,
+                    &cu_v,
+                    &o.cu,
+                    &sel_c,
+                    &mut w.ctx,
+                )?;
+                linear(blas, n, d, d, &w.ctx, &cw.out, true, &mut w.t)?;
+                ln(dev, n, d, eps, &w.t, Some(&w.h), &cw.ln, &nd, &mut w.a)?;
+                &w.a
+            } else {
+                &w.h
+            };
+            linear(blas, n, d, f, hcur, &lw.fc1, false, &mut w.ffn)?;
+            bias_gelu(dev, cols(f), &mut w.ffn, &lw.fc1.b, Some(&nd))?;
+            linear(blas, n, f, d, &w.ffn, &lw.fc2, true, &mut w.t)?;
+            ln(dev, n, d, eps, &w.t, Some(hcur), &lw.ffn_ln, &nd, xout)?;
+        }
+        Ok(())
+    }
+}
+
+/// A head pruner on stream `sc`'s compacted rows: logits and mask into the
+/// stream's logs at `off`, active pairs into the module's list, active-head
+/// counts into the statistics slot `counts`.
+#[allow(clippy::too_many_arguments)]
+fn run_head_pruner(
+    dev: &Device,
+    sc: &StreamConfig,
+    w: &mut StreamWs,
+    other: Option<&OtherRef<'_>>,
+    c: Cur,
+    batch: usize,
+    hw: &DevHeadPruner,
+    hc: &HeadPrunerConfig,
+    module: usize,
+    off: usize,
+    counts: &mut CudaViewMutI32<'_>,
+) -> Result<()> {
+    let bh = batch * sc.heads;
+    let cu_v = w.cu[c.c].slice(0..batch + 1);
+    let input = PrunerInput {
+        batch,
+        total_rows: c.rows,
+        x: &w.x[c.x],
+        cu_seqlens: &cu_v,
+        other: other.map(|o| OtherStream {
+            rows: o.rows,
+            cu_seqlens: &o.cu,
+            total_rows: o.n,
+        }),
+    };
+    let weights = HeadPrunerDev {
+        ln_h: ln_dev(&hw.ln_h),
+        ln_hc: hw.ln_hc.as_ref().map(ln_dev),
+        w1: &hw.w1,
+        b1: &hw.b1,
+        w2: &hw.w2,
+        b2: &hw.b2,
+        d: sc.hidden,
+        d_other: hw.d_other,
+        hh: hw.hh,
+        heads: sc.heads,
+        eps: sc.ln_eps,
+    };
+    let has_other = other.is_some();
+    let mut logits = w.logit_log.slice_mut(off..off + bh);
+    let mut mask = w.mask_log.slice_mut(off..off + bh);
+    let (pairs, count) = if module == 0 {
+        (&mut w.pairs_self, &mut w.count_self)
+    } else {
+        (&mut w.pairs_cross, &mut w.count_cross)
+    };
+    head_scores(
+        dev,
+        &input,
+        &weights,
+        HeadScoreWorkspace {
+            u: &mut w.u,
+            uy: has_other.then_some(&mut w.uy as _),
+            g_x: &mut w.g_self,
+            g_y: has_other.then_some(&mut w.g_cross as _),
+        },
+        HeadScoreOutputs {
+            logits: &mut logits,
+            mask: &mut mask,
+            pairs,
+            pair_count: count,
+            head_counts: Some(counts),
+            tau: hc.tau_h,
+            min_heads: hc.min_heads,
+        },
+    )
+}
+
+type CudaViewMutI32<'a> = cudarc::driver::CudaViewMut<'a, i32>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ping_pong_and_slots() {
+        let mut a = [1, 2];
+        let (c, o) = pair(&mut a, 0);
+        assert_eq!((*c, *o), (1, 2));
+        *o = 5;
+        let (c, o) = pair(&mut a, 1);
+        assert_eq!((*c, *o), (5, 1));
+        // Statistics slots tile [layers][streams][3][batch] without overlap.
+        let (nl, ns, b) = (3, 2, 8);
+        let mut seen = vec![false; nl * ns * 3 * b];
+        for l in 0..nl {
+            for s in 0..ns {
+                for k in 0..3 {
+                    let o = stat_off(l, s, k, ns, b);
+                    for x in &mut seen[o..o + b] {
+                        assert!(!*x);
+                        *x = true;
+                    }
+                }
+            }
+        }
+        assert!(seen.iter().all(|&x| x));
+        assert_eq!(head_off(2, 1, 16), 5 * 16);
+        let c = Cur {
+            x: 0,
+            c: 0,
+            rows: 30,
+            max_len: 40,
+        };
+        assert_eq!(c.max_seqlen(), 30);
+        let c = Cur { rows: 300, ..c };
+        assert_eq!(c.max_seqlen(), 40);
+    }
+}

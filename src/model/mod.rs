@@ -1,0 +1,167 @@
+//! The pruned forward pass on the GPU (DESIGN.md semantics, the same order of
+//! operations as [`crate::reference::forward`]).
+//!
+//! - [`GpuModel::new`] uploads every weight once as f16 and checks that the
+//!   kernels support the model ([`check_supported`]).
+//! - [`Workspace::new`] allocates, once per model and [`Capacity`] (max batch,
+//!   max rows per sequence of each stream), every device buffer a forward pass
+//!   needs; a forward pass allocates nothing on the device (the first one also
+//!   loads the kernel modules).
+//! - [`GpuModel::forward`] runs the pass and returns [`GpuOutputs`]: final
+//!   packed rows per stream (f32 on the host), `cu_seqlens`, `orig_index`,
+//!   pooled first/mean rows, and per layer and sequence the kept rows and
+//!   active heads (with the scores, keep flags and head masks behind them).
+//!
+//! # What runs where
+//!
+//! - **Embeddings run on the host** in this first version: the inputs go
+//!   through [`crate::reference::model::embed`] (f32, which also validates
+//!   them), and the packed rows are uploaded as f16 (one copy per stream and
+//!   forward, before any device work of the pass is enqueued). ViT patch
+//!   embedding and BERT embeddings on the device are not implemented yet.
+//! - Everything after the embeddings runs on the device: token pruners
+//!   ([`crate::ops::token_scores`]), compaction ([`compact`](fn@crate::ops::compact)),
+//!   head pruners ([`crate::ops::head_scores`]), the linear layers (cuBLASLt
+//!   with a bias epilogue; GELU is the exact erf form, a separate
+//!   [`crate::ops::bias_gelu`] launch, never cuBLASLt's tanh epilogue),
+//!   attention, LayerNorms, the final LayerNorm and pooling.
+//! - Statistics (kept rows per sequence of every pruned layer, active heads
+//!   of every head pruner), token scores, keep flags and head logits/masks
+//!   accumulate in device buffers and come back after the one wait at the
+//!   end of the pass.
+//!
+//! # Host synchronisation ([`SyncPolicy`])
+//!
+//! - [`SyncPolicy::ReadCounts`] (DESIGN.md policy a): after the compaction
+//!   step of a layer, the new total row counts of the streams compacted at
+//!   that layer are copied to the host (one small copy, one wait per pruning
+//!   layer, however many streams were pruned there), and later launches are
+//!   sized by the true counts.
+//! - [`SyncPolicy::UpperBound`] (policy b, without the one-step lag): every
+//!   launch is sized by the host-side unpruned upper bound; every kernel is
+//!   given the device row count (`cu_seqlens[batch]`) or reads `cu_seqlens`,
+//!   so rows past the true count are ignored; the GEMMs compute those stale
+//!   rows and nobody reads them. No wait inside the pass.
+//!
+//! [`GpuOutputs::syncs`] counts every blocking host wait of the pass: under
+//! `ReadCounts` one per layer at which some token pruner ran, plus one at the
+//! end; under `UpperBound` (and in dense mode under either policy) just the
+//! one at the end. The end-of-pass readback is one stream synchronisation
+//! followed by several device-to-host copies from the then idle stream; the
+//! copies are not counted separately. Debug builds additionally synchronise
+//! after every launch inside [`crate::device::Device::check_launch`]; those
+//! are a debugging aid, not part of the pass, and not counted.
+//! Policy (c) (graph capture) is not implemented.
+//!
+//! # Supported models
+//!
+//! See [`check_supported`]: head size 32 or 64, widths multiples of 8, token
+//! pruner widths `D` and `Hs` multiples of 64 (the fused scorer's tile), head
+//! pruners within the head kernel's limits. The built-in `tiny-*` presets
+//! (hidden 64, 4 heads: head size 16, token pruner width 32) are therefore
+//! [`Error::Unsupported`](crate::Error::Unsupported); the tests run them with
+//! 2 heads (head size 32) and token pruner width 64.
+
+mod forward;
+mod input;
+mod weights;
+mod workspace;
+
+pub use input::{prepare_inputs, PreparedInputs};
+pub use weights::{check_supported, gpu_variant, GpuModel};
+pub use workspace::{Capacity, StreamLayout, Workspace, WorkspaceLayout};
+
+use crate::reference::{HeadRecord, Packed};
+
+/// How the host learns the row counts that size the GEMMs (module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Read the new total row counts after each pruning layer (one small
+    /// copy and one wait per pruning layer).
+    #[default]
+    ReadCounts,
+    /// Size every launch by the unpruned upper bound; kernels ignore the rows
+    /// past the device count. No wait inside the pass.
+    UpperBound,
+}
+
+/// Options of [`GpuModel::forward`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuForwardOptions {
+    /// Ignore all pruners (the dense pass).
+    pub dense: bool,
+    /// The host synchronisation policy.
+    pub sync: SyncPolicy,
+}
+
+/// What happened at one layer of one stream on the GPU.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuLayerRecord {
+    /// Rows entering the layer, per sequence.
+    pub rows_in: Vec<i32>,
+    /// Token scores `s_i` of the entering rows (if a token pruner ran).
+    pub scores: Option<Vec<f32>>,
+    /// Keep decisions of the entering rows (if a token pruner ran).
+    pub keep: Option<Vec<bool>>,
+    /// Rows kept per sequence (= `rows_in` without a pruner).
+    pub kept: Vec<i32>,
+    /// Self-attention head pruner logits and mask (if it ran).
+    pub self_heads: Option<HeadRecord>,
+    /// Cross-attention head pruner logits and mask (if it ran).
+    pub cross_heads: Option<HeadRecord>,
+    /// Active self-attention heads per sequence.
+    pub active_self_heads: Vec<i32>,
+    /// Active cross-attention heads per sequence (0 without cross-attention).
+    pub active_cross_heads: Vec<i32>,
+}
+
+/// One stream's results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuStreamOutput {
+    /// The stream's name.
+    pub name: String,
+    /// Final rows (after the final LN if any; f16 on the device, f32 here),
+    /// `cu_seqlens` and `orig_index`.
+    pub packed: Packed,
+    /// First row of every sequence `[batch, D]` (zeros for an empty sequence).
+    pub pooled_first: Vec<f32>,
+    /// Mean of every sequence's final rows `[batch, D]` (f32 accumulation).
+    pub pooled_mean: Vec<f32>,
+    /// One record per layer.
+    pub layers: Vec<GpuLayerRecord>,
+}
+
+/// Results of [`GpuModel::forward`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuOutputs {
+    /// One per config stream.
+    pub streams: Vec<GpuStreamOutput>,
+    /// Blocking host waits in this pass (see the module docs).
+    pub syncs: usize,
+    /// The policy the pass ran under.
+    pub policy: SyncPolicy,
+}
+
+impl GpuOutputs {
+    /// Per-layer statistics: `[layer][stream]` -> (kept rows, active self
+    /// heads, active cross heads), each per sequence; the same shape as
+    /// [`crate::reference::Outputs::stats`].
+    pub fn stats(&self) -> Vec<Vec<crate::reference::model::LayerStats>> {
+        let nl = self.streams.first().map_or(0, |s| s.layers.len());
+        (0..nl)
+            .map(|l| {
+                self.streams
+                    .iter()
+                    .filter_map(|s| s.layers.get(l))
+                    .map(|r| {
+                        (
+                            r.kept.clone(),
+                            r.active_self_heads.clone(),
+                            r.active_cross_heads.clone(),
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,361 @@
+//! The model's weights on the device (f16, uploaded once) and the check that
+//! the kernels support a config.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream};
+use half::f16;
+
+use crate::device::Device;
+use crate::ops::score::{HEAD_MAX_HEADS, HEAD_MAX_HIDDEN, HEAD_MAX_IN, SCORE_TILE};
+use crate::ops::Blas;
+use crate::spec::{
+    EmbeddingWeights, HeadPrunerWeights, LayerNormWeights, Linear, ModelConfig, ModelKind,
+    TokenPrunerWeights, Weights,
+};
+use crate::{Error, Result};
+
+const OP: &str = "GpuModel";
+
+fn unsupported(message: String) -> Error {
+    Error::Unsupported { op: OP, message }
+}
+
+/// Checks that the GPU kernels support every part of `cfg` (needs no GPU):
+/// head size 32 or 64; hidden, FFN and context widths multiples of 8; for
+/// token pruners, `D` and the hidden width `Hs` multiples of 64; for head
+/// pruners, hidden width a multiple of 8 up to 4096, at most 64 heads and
+/// `D + D_other` up to 4096. Anything else is [`Error::Unsupported`].
+pub fn check_supported(cfg: &ModelConfig) -> Result<()> {
+    cfg.validate()?;
+    let mut errs = Vec::new();
+    if let ModelKind::CrossEncoder { context_hidden } = cfg.kind {
+        if context_hidden % 8 != 0 {
+            errs.push(format!(
+                "context_hidden = {context_hidden}: must be a multiple of 8"
+            ));
+        }
+    }
+    for (s, sc) in cfg.streams.iter().enumerate() {
+        let n = &sc.name;
+        let dh = sc.head_dim();
+        if dh != 32 && dh != 64 {
+            errs.push(format!(
+                "stream `{n}`: head size {} / {} = {dh}; the attention kernel handles 32 and 64",
+                sc.hidden, sc.heads
+            ));
+        }
+        if sc.hidden % 8 != 0 || sc.ffn % 8 != 0 {
+            errs.push(format!(
+                "stream `{n}`: hidden {} and ffn {} must be multiples of 8",
+                sc.hidden, sc.ffn
+            ));
+        }
+        let d_other = cfg.other_hidden(s).unwrap_or(0);
+        for (l, lc) in sc.layers.iter().enumerate() {
+            if let Some(tp) = &lc.token_pruner {
+                let hs = sc.token_pruner_hidden(tp);
+                if sc.hidden % SCORE_TILE != 0 || hs % SCORE_TILE != 0 {
+                    errs.push(format!(
+                        "stream `{n}` layer {l}: the fused token scorer needs hidden ({}) and \
+                         pruner width ({hs}) multiples of {SCORE_TILE}",
+                        sc.hidden
+                    ));
+                }
+            }
+            for hp in [&lc.self_head_pruner, &lc.cross_head_pruner]
+                .into_iter()
+                .flatten()
+            {
+                let hh = sc.head_pruner_hidden(hp);
+                if hh % 8 != 0 || hh > HEAD_MAX_HIDDEN {
+                    errs.push(format!(
+                        "stream `{n}` layer {l}: head pruner width {hh} must be a multiple of 8 \
+                         up to {HEAD_MAX_HIDDEN}"
+                    ));
+                }
+                if sc.heads > HEAD_MAX_HEADS || sc.hidden + d_other > HEAD_MAX_IN {
+                    errs.push(format!(
+                        "stream `{n}` layer {l}: the head pruner handles up to {HEAD_MAX_HEADS} \
+                         heads and D + D_other up to {HEAD_MAX_IN}"
+                    ));
+                }
+            }
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(unsupported(errs.join("; ")))
+    }
+}
+
+pub(crate) struct DevLinear {
+    pub(crate) w: CudaSlice<f16>,
+    pub(crate) b: CudaSlice<f16>,
+}
+
+pub(crate) struct DevLn {
+    pub(crate) gamma: CudaSlice<f16>,
+    pub(crate) beta: CudaSlice<f16>,
+}
+
+pub(crate) struct DevTokenPruner {
+    pub(crate) ln_p: DevLn,
+    pub(crate) ln_c: Option<DevLn>,
+    pub(crate) w1x: CudaSlice<f16>,
+    pub(crate) w1s: CudaSlice<f16>,
+    pub(crate) w1c: Option<CudaSlice<f16>>,
+    pub(crate) b1: CudaSlice<f16>,
+    pub(crate) w2: CudaSlice<f16>,
+    pub(crate) b2: f32,
+    pub(crate) hs: usize,
+    pub(crate) d_other: Option<usize>,
+}
+
+pub(crate) struct DevHeadPruner {
+    pub(crate) ln_h: DevLn,
+    pub(crate) ln_hc: Option<DevLn>,
+    pub(crate) w1: CudaSlice<f16>,
+    pub(crate) b1: CudaSlice<f16>,
+    pub(crate) w2: CudaSlice<f16>,
+    pub(crate) b2: CudaSlice<f16>,
+    pub(crate) hh: usize,
+    pub(crate) d_other: Option<usize>,
+}
+
+pub(crate) struct DevCross {
+    pub(crate) q: DevLinear,
+    pub(crate) kv: DevLinear,
+    pub(crate) out: DevLinear,
+    pub(crate) ln: DevLn,
+    pub(crate) head_pruner: Option<DevHeadPruner>,
+}
+
+pub(crate) struct DevLayer {
+    pub(crate) token_pruner: Option<DevTokenPruner>,
+    pub(crate) qkv: DevLinear,
+    pub(crate) self_out: DevLinear,
+    pub(crate) self_ln: DevLn,
+    pub(crate) self_head_pruner: Option<DevHeadPruner>,
+    pub(crate) cross: Option<DevCross>,
+    pub(crate) fc1: DevLinear,
+    pub(crate) fc2: DevLinear,
+    pub(crate) ffn_ln: DevLn,
+}
+
+pub(crate) struct DevStream {
+    pub(crate) layers: Vec<DevLayer>,
+    pub(crate) final_ln: Option<DevLn>,
+}
+
+struct Uploader<'a> {
+    stream: &'a Arc<CudaStream>,
+    bytes: usize,
+}
+
+impl Uploader<'_> {
+    fn vec(&mut self, v: &[f32]) -> Result<CudaSlice<f16>> {
+        let h: Vec<f16> = if v.is_empty() {
+            vec![f16::ZERO]
+        } else {
+            v.iter().map(|&x| f16::from_f32(x)).collect()
+        };
+        self.bytes += h.len() * 2;
+        self.stream
+            .clone_htod(&h)
+            .map_err(|e| Error::driver("uploading weights", e))
+    }
+    fn linear(&mut self, l: &Linear) -> Result<DevLinear> {
+        Ok(DevLinear {
+            w: self.vec(&l.weight)?,
+            b: self.vec(&l.bias)?,
+        })
+    }
+    fn ln(&mut self, l: &LayerNormWeights) -> Result<DevLn> {
+        Ok(DevLn {
+            gamma: self.vec(&l.gamma)?,
+            beta: self.vec(&l.beta)?,
+        })
+    }
+    fn ln_opt(&mut self, g: &Option<Vec<f32>>, b: &Option<Vec<f32>>) -> Result<Option<DevLn>> {
+        match (g, b) {
+            (Some(g), Some(b)) => Ok(Some(DevLn {
+                gamma: self.vec(g)?,
+                beta: self.vec(b)?,
+            })),
+            _ => Ok(None),
+        }
+    }
+    fn token(&mut self, t: &TokenPrunerWeights) -> Result<DevTokenPruner> {
+        Ok(DevTokenPruner {
+            ln_p: DevLn {
+                gamma: self.vec(&t.ln_p_gamma)?,
+                beta: self.vec(&t.ln_p_beta)?,
+            },
+            ln_c: self.ln_opt(&t.ln_c_gamma, &t.ln_c_beta)?,
+            w1x: self.vec(&t.w1x)?,
+            w1s: self.vec(&t.w1s)?,
+            w1c: t.w1c.as_ref().map(|w| self.vec(w)).transpose()?,
+            b1: self.vec(&t.b1)?,
+            w2: self.vec(&t.w2)?,
+            b2: t.b2,
+            hs: t.hs,
+            d_other: t.d_other,
+        })
+    }
+    fn head(&mut self, h: &HeadPrunerWeights) -> Result<DevHeadPruner> {
+        Ok(DevHeadPruner {
+            ln_h: DevLn {
+                gamma: self.vec(&h.ln_h_gamma)?,
+                beta: self.vec(&h.ln_h_beta)?,
+            },
+            ln_hc: self.ln_opt(&h.ln_hc_gamma, &h.ln_hc_beta)?,
+            w1: self.vec(&h.w1)?,
+            b1: self.vec(&h.b1)?,
+            w2: self.vec(&h.w2)?,
+            b2: self.vec(&h.b2)?,
+            hh: h.hh,
+            d_other: h.d_other,
+        })
+    }
+}
+
+/// A model on the GPU: its config, its weights as f16 device buffers
+/// (uploaded once), its host-side embedding weights (embeddings run on the
+/// host, see [`crate::model`]), and a cuBLASLt handle on the device's stream.
+pub struct GpuModel {
+    pub(crate) dev: Device,
+    pub(crate) blas: Blas,
+    pub(crate) config: ModelConfig,
+    pub(crate) embeddings: Vec<EmbeddingWeights>,
+    pub(crate) streams: Vec<DevStream>,
+    weight_bytes: usize,
+}
+
+impl std::fmt::Debug for GpuModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuModel")
+            .field("kind", &self.config.kind)
+            .field("streams", &self.config.streams.len())
+            .field("weight_bytes", &self.weight_bytes)
+            .finish()
+    }
+}
+
+impl GpuModel {
+    /// Checks the weights and that the kernels support the model
+    /// ([`check_supported`]), then uploads every weight once as f16 on
+    /// `dev`'s stream (the model shares that stream).
+    pub fn new(dev: &Device, weights: &Weights) -> Result<Self> {
+        let cfg = &weights.config;
+        cfg.validate()?;
+        if weights.streams.len() != cfg.streams.len() {
+            return Err(Error::Weights(vec![format!(
+                "weights hold {} streams, config {}",
+                weights.streams.len(),
+                cfg.streams.len()
+            )]));
+        }
+        weights.check()?;
+        check_supported(cfg)?;
+        let dev = Device::with_stream(dev.stream().clone())?;
+        let blas = Blas::new(&dev)?;
+        let mut up = Uploader {
+            stream: dev.stream(),
+            bytes: 0,
+        };
+        let mut streams = Vec::with_capacity(weights.streams.len());
+        for sw in &weights.streams {
+            let mut layers = Vec::with_capacity(sw.layers.len());
+            for lw in &sw.layers {
+                layers.push(DevLayer {
+                    token_pruner: lw.token_pruner.as_ref().map(|t| up.token(t)).transpose()?,
+                    qkv: up.linear(&lw.self_attn.qkv)?,
+                    self_out: up.linear(&lw.self_attn.out)?,
+                    self_ln: up.ln(&lw.self_attn.ln)?,
+                    self_head_pruner: lw
+                        .self_attn
+                        .head_pruner
+                        .as_ref()
+                        .map(|h| up.head(h))
+                        .transpose()?,
+                    cross: match &lw.cross_attn {
+                        Some(c) => Some(DevCross {
+                            q: up.linear(&c.q)?,
+                            kv: up.linear(&c.kv)?,
+                            out: up.linear(&c.out)?,
+                            ln: up.ln(&c.ln)?,
+                            head_pruner: c.head_pruner.as_ref().map(|h| up.head(h)).transpose()?,
+                        }),
+                        None => None,
+                    },
+                    fc1: up.linear(&lw.ffn.fc1)?,
+                    fc2: up.linear(&lw.ffn.fc2)?,
+                    ffn_ln: up.ln(&lw.ffn.ln)?,
+                });
+            }
+            streams.push(DevStream {
+                layers,
+                final_ln: sw.final_ln.as_ref().map(|l| up.ln(l)).transpose()?,
+            });
+        }
+        let weight_bytes = up.bytes;
+        Ok(GpuModel {
+            blas,
+            config: cfg.clone(),
+            embeddings: weights
+                .streams
+                .iter()
+                .map(|s| s.embeddings.clone())
+                .collect(),
+            streams,
+            weight_bytes,
+            dev,
+        })
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device (sharing the stream of the one given to [`GpuModel::new`]).
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    /// Bytes of f16 weights on the device.
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+}
+
+/// A variant of `cfg` the kernels support, for small test models such as the
+/// `tiny-*` presets: a stream whose head size is below 32 gets
+/// `hidden / 32` heads (head size 32), and every token pruner's hidden width
+/// is rounded up to a multiple of 64. Everything else is unchanged (so
+/// [`check_supported`] may still reject it, e.g. for a hidden size that is
+/// not a multiple of 64 with token pruners).
+pub fn gpu_variant(cfg: &ModelConfig) -> ModelConfig {
+    let mut c = cfg.clone();
+    for s in &mut c.streams {
+        if s.heads > 0 && s.hidden / s.heads < 32 && s.hidden % 32 == 0 && s.hidden >= 32 {
+            s.heads = s.hidden / 32;
+        }
+        let hidden = s.hidden;
+        for l in &mut s.layers {
+            if let Some(tp) = &mut l.token_pruner {
+                let hs = tp.hidden.unwrap_or(hidden / 2);
+                tp.hidden = Some(hs.div_ceil(SCORE_TILE).max(1) * SCORE_TILE);
+            }
+            for hp in [&mut l.self_head_pruner, &mut l.cross_head_pruner]
+                .into_iter()
+                .flatten()
+            {
+                hp.min_heads = hp.min_heads.min(s.heads);
+            }
+        }
+    }
+    c
+}

@@ -1,0 +1,471 @@
+//! Device buffers of a forward pass, allocated once per model and capacity.
+//!
+//! [`WorkspaceLayout`] is the pure sizing arithmetic (no GPU needed, tested
+//! on its own); [`Workspace`] allocates exactly those buffers.
+
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use half::f16;
+
+use super::input::PreparedInputs;
+use super::weights::GpuModel;
+use crate::ops::compact::BUDGET_MAX_ROWS;
+use crate::spec::{KeepRule, ModelConfig, ModelKind};
+use crate::{Error, Result};
+
+const OP: &str = "Workspace";
+
+/// What a [`Workspace`] must hold: the largest batch and, per stream, the
+/// longest sequence (rows before any pruning); a cross encoder's context
+/// sequences too. A stream's buffers hold `max_batch * max_seqlen` rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capacity {
+    /// Most sequences per forward pass.
+    pub max_batch: usize,
+    /// Per config stream: the longest sequence (unpruned rows).
+    pub max_seqlen: Vec<usize>,
+    /// A cross encoder's longest context sequence (0 for other models).
+    pub context_max_seqlen: usize,
+}
+
+impl Capacity {
+    /// The capacity that exactly fits prepared inputs.
+    pub fn for_inputs(prep: &PreparedInputs) -> Self {
+        Capacity {
+            max_batch: prep.batch,
+            max_seqlen: (0..prep.streams.len())
+                .map(|s| prep.max_seqlen(s).max(1))
+                .collect(),
+            context_max_seqlen: prep.context.as_ref().map_or(0, |c| {
+                c.lengths().into_iter().max().unwrap_or(0).max(1) as usize
+            }),
+        }
+    }
+
+    /// Checks prepared inputs fit: batch, every sequence's length, context.
+    pub fn check_fits(&self, cfg: &ModelConfig, prep: &PreparedInputs) -> Result<()> {
+        const FWD: &str = "GpuModel::forward";
+        if prep.batch > self.max_batch {
+            return Err(Error::invalid(
+                FWD,
+                format!(
+                    "batch {} exceeds the workspace capacity of {} sequences",
+                    prep.batch, self.max_batch
+                ),
+            ));
+        }
+        for (s, sc) in cfg.streams.iter().enumerate() {
+            let cap = self.max_seqlen.get(s).copied().unwrap_or(0);
+            let have = prep.max_seqlen(s);
+            if have > cap {
+                return Err(Error::invalid(
+                    FWD,
+                    format!(
+                        "stream `{}`: a sequence of {have} rows exceeds the workspace capacity of {cap}",
+                        sc.name
+                    ),
+                ));
+            }
+        }
+        if let Some(c) = &prep.context {
+            let have = c.lengths().into_iter().max().unwrap_or(0).max(0) as usize;
+            if have > self.context_max_seqlen {
+                return Err(Error::invalid(
+                    FWD,
+                    format!(
+                        "a context sequence of {have} rows exceeds the workspace capacity of {}",
+                        self.context_max_seqlen
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Buffer sizes (in elements) of one stream's part of a workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamLayout {
+    /// Row capacity `R = max_batch * max_seqlen`.
+    pub rows: usize,
+    /// Longest sequence (unpruned).
+    pub max_seqlen: usize,
+    /// Hidden `D`.
+    pub d: usize,
+    /// FFN width `F`.
+    pub ffn: usize,
+    /// Heads `H`.
+    pub heads: usize,
+    /// The other stream's (or context's) width, 0 for none.
+    pub d_other: usize,
+    /// The other stream's (or context's) row capacity, 0 for none.
+    pub other_rows: usize,
+    /// Widest token pruner hidden layer (0 without token pruners).
+    pub hs: usize,
+    /// Layers.
+    pub layers: usize,
+    /// Whether the layers have cross-attention.
+    pub cross: bool,
+}
+
+impl StreamLayout {
+    /// Every buffer of the stream: (name, elements, bytes per element). Zero
+    /// sizes are allocated as one element.
+    pub fn buffers(&self, max_batch: usize) -> Vec<(&'static str, usize, usize)> {
+        let (r, d, b, h) = (self.rows, self.d, max_batch, self.heads);
+        let ro = if self.cross { self.other_rows } else { 0 };
+        vec![
+            ("x[0]", r * d, 2),
+            ("x[1]", r * d, 2),
+            ("cu_seqlens[0]", b + 1, 4),
+            ("cu_seqlens[1]", b + 1, 4),
+            ("orig_index[0]", r, 4),
+            ("orig_index[1]", r, 4),
+            ("a", r * d, 2),
+            ("h", r * d, 2),
+            ("t", r * d, 2),
+            ("ctx", r * d, 2),
+            ("q", if self.cross { r * d } else { 0 }, 2),
+            ("qkv", r * 3 * d, 2),
+            ("ffn", r * self.ffn, 2),
+            ("kv", ro * 2 * d, 2),
+            ("u", r * d, 2),
+            ("uy", self.other_rows * self.d_other, 2),
+            ("g_self", b * d, 4),
+            ("g_cross", b * self.d_other, 4),
+            ("context", b * self.hs, 4),
+            ("flags", r, 1),
+            ("scratch", r, 4),
+            ("pairs_self", 2 * b * h, 4),
+            ("pairs_cross", 2 * b * h, 4),
+            ("count_self", 1, 4),
+            ("count_cross", 1, 4),
+            ("ones", b * h, 1),
+            ("all_pairs", 2 * b * h, 4),
+            ("all_count", 1, 4),
+            ("pooled_first", b * d, 2),
+            ("pooled_mean", b * d, 4),
+            ("score_log", self.layers * r, 4),
+            ("keep_log", self.layers * r, 1),
+            ("logit_log", self.layers * 2 * b * h, 4),
+            ("mask_log", self.layers * 2 * b * h, 1),
+        ]
+    }
+
+    /// Bytes of the stream's buffers.
+    pub fn bytes(&self, max_batch: usize) -> usize {
+        self.buffers(max_batch)
+            .iter()
+            .map(|&(_, n, e)| n.max(1) * e)
+            .sum()
+    }
+}
+
+/// The sizes of every buffer of a [`Workspace`], computed from the config
+/// and a [`Capacity`] without touching a GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceLayout {
+    /// Most sequences.
+    pub max_batch: usize,
+    /// One per stream.
+    pub streams: Vec<StreamLayout>,
+    /// Context row capacity (cross encoder), 0 otherwise.
+    pub context_rows: usize,
+    /// Context width (cross encoder), 0 otherwise.
+    pub context_hidden: usize,
+    /// Statistics slots: `[layers][streams][3][max_batch]` i32 (kept rows,
+    /// active self heads, active cross heads).
+    pub stats: usize,
+}
+
+fn fits_i32(what: &str, v: Option<usize>) -> Result<usize> {
+    match v {
+        Some(n) if i32::try_from(n).is_ok() => Ok(n),
+        _ => Err(Error::invalid(
+            OP,
+            format!("{what} does not fit the kernels' 32-bit index arithmetic"),
+        )),
+    }
+}
+
+impl WorkspaceLayout {
+    /// Sizes every buffer for `cfg` at `cap`, checking the capacity fits the
+    /// kernels (batch limits, 32-bit element counts, the budget rule's
+    /// longest sequence).
+    pub fn new(cfg: &ModelConfig, cap: &Capacity) -> Result<Self> {
+        cfg.validate()?;
+        let ns = cfg.streams.len();
+        let b = cap.max_batch;
+        if b == 0 || b > 65_535 {
+            return Err(Error::invalid(
+                OP,
+                format!("max_batch = {b}: must be in 1..=65535"),
+            ));
+        }
+        if cap.max_seqlen.len() != ns {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "the capacity names {} streams' lengths, the model has {ns} streams",
+                    cap.max_seqlen.len()
+                ),
+            ));
+        }
+        let is_cross_enc = matches!(cfg.kind, ModelKind::CrossEncoder { .. });
+        if is_cross_enc && cap.context_max_seqlen == 0 {
+            return Err(Error::invalid(
+                OP,
+                "a cross encoder needs a positive context_max_seqlen",
+            ));
+        }
+        let rows: Vec<usize> = cap
+            .max_seqlen
+            .iter()
+            .enumerate()
+            .map(|(s, &m)| fits_i32(&format!("stream {s} rows"), b.checked_mul(m.max(1))))
+            .collect::<Result<_>>()?;
+        let (context_rows, context_hidden) = match cfg.kind {
+            ModelKind::CrossEncoder { context_hidden } => (
+                fits_i32(
+                    "context rows",
+                    b.checked_mul(cap.context_max_seqlen)
+                        .and_then(|r| r.checked_mul(context_hidden))
+                        .map(|_| b * cap.context_max_seqlen),
+                )?,
+                context_hidden,
+            ),
+            _ => (0, 0),
+        };
+        let mut streams = Vec::with_capacity(ns);
+        for (s, sc) in cfg.streams.iter().enumerate() {
+            if b * sc.heads > 65_535 {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "stream `{}`: max_batch * heads = {} exceeds 65535",
+                        sc.name,
+                        b * sc.heads
+                    ),
+                ));
+            }
+            let widest = 3 * sc.hidden.max(sc.ffn);
+            fits_i32(
+                &format!("stream `{}` rows x widths", sc.name),
+                rows[s].checked_mul(widest),
+            )?;
+            let budget = sc.layers.iter().any(|l| {
+                matches!(
+                    l.token_pruner.as_ref().map(|t| t.rule),
+                    Some(KeepRule::Budget { .. })
+                )
+            });
+            if budget && cap.max_seqlen[s] > BUDGET_MAX_ROWS {
+                return Err(Error::Unsupported {
+                    op: OP,
+                    message: format!(
+                        "stream `{}`: the budget keep rule handles sequences of up to \
+                         {BUDGET_MAX_ROWS} rows; capacity asks for {}",
+                        sc.name, cap.max_seqlen[s]
+                    ),
+                });
+            }
+            let (d_other, other_rows) = match cfg.kind {
+                ModelKind::Encoder => (0, 0),
+                ModelKind::CoAttention => (cfg.streams[1 - s].hidden, rows[1 - s]),
+                ModelKind::CrossEncoder { context_hidden } => (context_hidden, context_rows),
+            };
+            fits_i32(
+                "other rows x width",
+                other_rows.checked_mul(2 * sc.hidden.max(d_other)),
+            )?;
+            let hs = sc
+                .layers
+                .iter()
+                .filter_map(|l| l.token_pruner.as_ref().map(|t| sc.token_pruner_hidden(t)))
+                .max()
+                .unwrap_or(0);
+            streams.push(StreamLayout {
+                rows: rows[s],
+                max_seqlen: cap.max_seqlen[s].max(1),
+                d: sc.hidden,
+                ffn: sc.ffn,
+                heads: sc.heads,
+                d_other,
+                other_rows,
+                hs,
+                layers: sc.layers.len(),
+                cross: cfg.is_cross(),
+            });
+        }
+        let nl = cfg.streams.first().map_or(0, |s| s.layers.len());
+        Ok(WorkspaceLayout {
+            max_batch: b,
+            streams,
+            context_rows,
+            context_hidden,
+            stats: nl * ns * 3 * b,
+        })
+    }
+
+    /// Total device bytes of the workspace.
+    pub fn bytes(&self) -> usize {
+        let b = self.max_batch;
+        let shared = (self.context_rows * self.context_hidden).max(1) * 2
+            + (b + 1) * 4
+            + self.streams.len().max(1) * 4
+            + self.stats.max(1) * 4;
+        self.streams.iter().map(|s| s.bytes(b)).sum::<usize>() + shared
+    }
+}
+
+/// One stream's device buffers (see [`StreamLayout::buffers`]).
+pub(crate) struct StreamWs {
+    pub(crate) x: [CudaSlice<f16>; 2],
+    pub(crate) cu: [CudaSlice<i32>; 2],
+    pub(crate) orig: [CudaSlice<i32>; 2],
+    pub(crate) a: CudaSlice<f16>,
+    pub(crate) h: CudaSlice<f16>,
+    pub(crate) t: CudaSlice<f16>,
+    pub(crate) ctx: CudaSlice<f16>,
+    pub(crate) q: CudaSlice<f16>,
+    pub(crate) qkv: CudaSlice<f16>,
+    pub(crate) ffn: CudaSlice<f16>,
+    pub(crate) kv: CudaSlice<f16>,
+    pub(crate) u: CudaSlice<f16>,
+    pub(crate) uy: CudaSlice<f16>,
+    pub(crate) g_self: CudaSlice<f32>,
+    pub(crate) g_cross: CudaSlice<f32>,
+    pub(crate) context: CudaSlice<f32>,
+    pub(crate) flags: CudaSlice<u8>,
+    pub(crate) scratch: CudaSlice<i32>,
+    pub(crate) pairs_self: CudaSlice<i32>,
+    pub(crate) pairs_cross: CudaSlice<i32>,
+    pub(crate) count_self: CudaSlice<i32>,
+    pub(crate) count_cross: CudaSlice<i32>,
+    pub(crate) ones: CudaSlice<u8>,
+    pub(crate) all_pairs: CudaSlice<i32>,
+    pub(crate) all_count: CudaSlice<i32>,
+    pub(crate) pooled_first: CudaSlice<f16>,
+    pub(crate) pooled_mean: CudaSlice<f32>,
+    pub(crate) score_log: CudaSlice<f32>,
+    pub(crate) keep_log: CudaSlice<u8>,
+    pub(crate) logit_log: CudaSlice<f32>,
+    pub(crate) mask_log: CudaSlice<u8>,
+}
+
+/// Every device buffer a forward pass of one model needs, up to a
+/// [`Capacity`]; reused by every pass (no device allocation inside a pass).
+pub struct Workspace {
+    pub(crate) capacity: Capacity,
+    pub(crate) layout: WorkspaceLayout,
+    pub(crate) streams: Vec<StreamWs>,
+    pub(crate) context_rows: CudaSlice<f16>,
+    pub(crate) context_cu: CudaSlice<i32>,
+    pub(crate) totals: CudaSlice<i32>,
+    pub(crate) stats: CudaSlice<i32>,
+}
+
+impl std::fmt::Debug for Workspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workspace")
+            .field("capacity", &self.capacity)
+            .field("bytes", &self.layout.bytes())
+            .finish()
+    }
+}
+
+fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+    stream: &std::sync::Arc<CudaStream>,
+    n: usize,
+    what: &str,
+) -> Result<CudaSlice<T>> {
+    stream
+        .alloc_zeros::<T>(n.max(1))
+        .map_err(|e| Error::driver(format!("allocating workspace buffer `{what}`"), e))
+}
+
+impl Workspace {
+    /// Allocates the buffers of [`WorkspaceLayout::new`] on the model's device.
+    pub fn new(model: &GpuModel, capacity: Capacity) -> Result<Self> {
+        let layout = WorkspaceLayout::new(model.config(), &capacity)?;
+        let stream = model.device().stream();
+        let b = layout.max_batch;
+        let mut streams = Vec::with_capacity(layout.streams.len());
+        for sl in &layout.streams {
+            let bufs = sl.buffers(b);
+            let n = |name: &str| {
+                bufs.iter()
+                    .find(|(k, _, _)| *k == name)
+                    .map_or(1, |&(_, n, _)| n)
+            };
+            let h16 = |name: &str| zeros::<f16>(stream, n(name), name);
+            let i32b = |name: &str| zeros::<i32>(stream, n(name), name);
+            let f32b = |name: &str| zeros::<f32>(stream, n(name), name);
+            let u8b = |name: &str| zeros::<u8>(stream, n(name), name);
+            let mut ones = u8b("ones")?;
+            let one_vals = vec![1u8; n("ones")];
+            stream
+                .memcpy_htod(&one_vals, &mut ones)
+                .map_err(|e| Error::driver("uploading the all-heads mask", e))?;
+            streams.push(StreamWs {
+                x: [h16("x[0]")?, h16("x[1]")?],
+                cu: [i32b("cu_seqlens[0]")?, i32b("cu_seqlens[1]")?],
+                orig: [i32b("orig_index[0]")?, i32b("orig_index[1]")?],
+                a: h16("a")?,
+                h: h16("h")?,
+                t: h16("t")?,
+                ctx: h16("ctx")?,
+                q: h16("q")?,
+                qkv: h16("qkv")?,
+                ffn: h16("ffn")?,
+                kv: h16("kv")?,
+                u: h16("u")?,
+                uy: h16("uy")?,
+                g_self: f32b("g_self")?,
+                g_cross: f32b("g_cross")?,
+                context: f32b("context")?,
+                flags: u8b("flags")?,
+                scratch: i32b("scratch")?,
+                pairs_self: i32b("pairs_self")?,
+                pairs_cross: i32b("pairs_cross")?,
+                count_self: i32b("count_self")?,
+                count_cross: i32b("count_cross")?,
+                ones,
+                all_pairs: i32b("all_pairs")?,
+                all_count: i32b("all_count")?,
+                pooled_first: h16("pooled_first")?,
+                pooled_mean: f32b("pooled_mean")?,
+                score_log: f32b("score_log")?,
+                keep_log: u8b("keep_log")?,
+                logit_log: f32b("logit_log")?,
+                mask_log: u8b("mask_log")?,
+            });
+        }
+        let context_rows = zeros::<f16>(
+            stream,
+            layout.context_rows * layout.context_hidden,
+            "context rows",
+        )?;
+        let context_cu = zeros::<i32>(stream, b + 1, "context cu_seqlens")?;
+        let totals = zeros::<i32>(stream, layout.streams.len(), "totals")?;
+        let stats = zeros::<i32>(stream, layout.stats, "stats")?;
+        Ok(Workspace {
+            capacity,
+            layout,
+            streams,
+            context_rows,
+            context_cu,
+            totals,
+            stats,
+        })
+    }
+
+    /// The capacity the workspace was allocated for.
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
+    }
+
+    /// The sizes of its buffers.
+    pub fn layout(&self) -> &WorkspaceLayout {
+        &self.layout
+    }
+}

@@ -1,0 +1,536 @@
+//! The whole GPU forward pass (`smarttrim::model`) against the CPU reference
+//! (`smarttrim::reference::forward`) on random weights and synthetic inputs:
+//! tiny-meter, tiny-bert, tiny-vit, tiny-blip (their GPU variants: head size
+//! 32, token pruner width 64, see `model::gpu_variant`) at batch 1 and a
+//! ragged batch of 8, and `meter` at batch 1; both sync policies; dense
+//! mode; keep-everything pruners against dense; the sync counter; repeated
+//! forwards (`SMARTTRIM_FORWARD_REPEATS`, default 50) giving identical keep
+//! decisions with no growth in device memory use.
+//!
+//! Weights and packed inputs are rounded through f16 first, so both sides
+//! start from the same values. Keep decisions must equal the reference's except near ties
+//! (`|sigmoid(s) - tau| < 1e-3`, reported); after a tie the two passes run
+//! on different rows, so the rows of that case are not compared.
+
+use smarttrim::model::{
+    gpu_variant, prepare_inputs, Capacity, GpuForwardOptions, GpuModel, GpuOutputs, SyncPolicy,
+    Workspace,
+};
+use smarttrim::reference::{self, ForwardOptions, Inputs, Outputs, StreamInput};
+use smarttrim::spec::{preset, KeepRule, ModelConfig, Weights};
+
+use crate::common::*;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+const TIE: f32 = 1e-3;
+const TOL: f64 = 1e-2;
+
+/// Compares a GPU pass with the reference. Returns the number of near-tie
+/// keep (or head) disagreements; panics on any other disagreement.
+fn compare(what: &str, cfg: &ModelConfig, gpu: &GpuOutputs, r: &Outputs) -> usize {
+    assert_eq!(gpu.streams.len(), r.streams.len(), "{what}");
+    for (s, (g, rs)) in gpu.streams.iter().zip(&r.streams).enumerate() {
+        let sc = &cfg.streams[s];
+        for (l, (gl, rl)) in g.layers.iter().zip(&rs.layers).enumerate() {
+            let at = format!("{what}: stream `{}` layer {l}", sc.name);
+            assert_eq!(gl.rows_in, rl.rows_in, "{at}: rows entering");
+            match (&gl.keep, &rl.keep, &rl.scores) {
+                (Some(gk), Some(rk), Some(rsc)) => {
+                    let gs = gl.scores.as_ref().expect("scores with keep flags");
+                    let e = rel_err(gs, rsc);
+                    assert!(e < TOL, "{at}: token scores rel err {e:.2e}");
+                    let tau = match sc.layers[l].token_pruner.as_ref().map(|t| t.rule) {
+                        Some(KeepRule::Threshold { tau }) => Some(tau),
+                        _ => None,
+                    };
+                    let mut ties = 0;
+                    for (i, (&a, &b)) in gk.iter().zip(rk).enumerate() {
+                        if a != b {
+                            let p = sigmoid(rsc[i]);
+                            match tau {
+                                Some(t) if (p - t).abs() < TIE => {
+                                    eprintln!(
+                                        "{at}: near tie at row {i}: p = {p:.6}, tau = {t}, gpu keep {a}, reference {b}"
+                                    );
+                                    ties += 1;
+                                }
+                                _ => panic!(
+                                    "{at}: keep flag of row {i} differs (gpu {a}, reference {b}, \
+                                     reference p = {p:.6}, gpu s = {}, reference s = {})",
+                                    gs[i], rsc[i]
+                                ),
+                            }
+                        }
+                    }
+                    if ties > 0 {
+                        return ties;
+                    }
+                }
+                (None, None, _) => {}
+                (a, b, _) => panic!(
+                    "{at}: token pruner ran on the GPU: {}, in the reference: {}",
+                    a.is_some(),
+                    b.is_some()
+                ),
+            }
+            assert_eq!(gl.kept, rl.kept, "{at}: kept rows");
+            for (m, (gh, rh)) in [
+                (&gl.self_heads, &rl.self_heads),
+                (&gl.cross_heads, &rl.cross_heads),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                match (gh, rh) {
+                    (Some(gh), Some(rh)) => {
+                        let e = rel_err(&gh.logits, &rh.logits);
+                        assert!(e < TOL, "{at}: head logits ({m}) rel err {e:.2e}");
+                        let lc = &sc.layers[l];
+                        let tau_h = [&lc.self_head_pruner, &lc.cross_head_pruner][m]
+                            .as_ref()
+                            .map_or(0.5, |h| h.tau_h);
+                        if gh.mask != rh.mask {
+                            let near = rh.logits.iter().any(|&a| (sigmoid(a) - tau_h).abs() < TIE);
+                            assert!(
+                                near,
+                                "{at}: head mask ({m}) differs without a near tie: gpu {:?} reference {:?}",
+                                gh.mask, rh.mask
+                            );
+                            eprintln!("{at}: head mask ({m}) differs at a near tie");
+                            return 1;
+                        }
+                    }
+                    (None, None) => {}
+                    _ => panic!("{at}: head pruner ({m}) ran on one side only"),
+                }
+            }
+            assert_eq!(
+                gl.active_self_heads, rl.active_self_heads,
+                "{at}: self heads"
+            );
+            assert_eq!(
+                gl.active_cross_heads, rl.active_cross_heads,
+                "{at}: cross heads"
+            );
+        }
+        let at = format!("{what}: stream `{}`", sc.name);
+        assert_eq!(
+            g.packed.cu_seqlens, rs.packed.cu_seqlens,
+            "{at}: cu_seqlens"
+        );
+        assert_eq!(
+            g.packed.orig_index, rs.packed.orig_index,
+            "{at}: orig_index"
+        );
+        let e = rel_err(&g.packed.rows, &rs.packed.rows);
+        let ef = rel_err(&g.pooled_first, &rs.pooled_first);
+        let em = rel_err(&g.pooled_mean, &rs.pooled_mean);
+        eprintln!(
+            "{at}: final rows rel err {e:.2e}, pooled first {ef:.2e}, mean {em:.2e}, {} rows",
+            g.packed.orig_index.len()
+        );
+        assert!(e < TOL, "{at}: final rows rel err {e:.2e}");
+        assert!(ef < TOL, "{at}: pooled first rel err {ef:.2e}");
+        assert!(em < TOL, "{at}: pooled mean rel err {em:.2e}");
+    }
+    assert_eq!(gpu.stats(), r.stats(), "{what}: statistics");
+    0
+}
+
+/// Layers at which some stream's token pruner runs.
+fn pruning_layers(w: &Weights) -> usize {
+    let nl = w.config.streams[0].layers.len();
+    (0..nl)
+        .filter(|&l| {
+            w.config.streams.iter().zip(&w.streams).any(|(sc, sw)| {
+                sc.layers[l].token_pruner.is_some() && sw.layers[l].token_pruner.is_some()
+            })
+        })
+        .count()
+}
+
+struct Case {
+    name: &'static str,
+    batch: usize,
+    ragged: bool,
+}
+
+/// The weights rounded through f16 (as the device holds them), so the
+/// reference computes with exactly the device's weight values.
+fn round_weights(w: &Weights) -> Weights {
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = w
+        .tensors()
+        .into_iter()
+        .map(|(n, s, d)| {
+            let b = round_f16(&d).iter().flat_map(|x| x.to_le_bytes()).collect();
+            (n, s, b)
+        })
+        .collect();
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .expect("tensor view");
+            (n.clone(), v)
+        })
+        .collect();
+    let bytes = safetensors::serialize(views, None).expect("serialize");
+    Weights::from_safetensors_bytes(&w.config, &bytes, "f16-rounded weights").expect("reload")
+}
+
+/// Packed input rows and the context rounded through f16 (as uploaded), so
+/// the reference sees the device's inputs (embedded streams are rounded
+/// after the host embedding, which the reference cannot mirror).
+fn round_inputs(inputs: &mut Inputs) {
+    for s in &mut inputs.streams {
+        if let StreamInput::Packed { rows, .. } = s {
+            *rows = round_f16(rows);
+        }
+    }
+    if let Some((rows, _)) = &mut inputs.context {
+        *rows = round_f16(rows);
+    }
+}
+
+fn setup(cfg: &ModelConfig, batch: usize, ragged: bool, seed: u64) -> (Weights, Inputs, Capacity) {
+    let w = round_weights(&Weights::random(cfg, seed).expect("random weights"));
+    let mut inputs = reference::synthetic_inputs(cfg, batch, seed + 1, ragged);
+    round_inputs(&mut inputs);
+    let emb: Vec<_> = w.streams.iter().map(|s| s.embeddings.clone()).collect();
+    let prep = prepare_inputs(cfg, &emb, &inputs, None).expect("valid inputs");
+    let cap = Capacity::for_inputs(&prep);
+    (w, inputs, cap)
+}
+
+fn run_case(test: &str, case: &Case) {
+    let Some(dev) = device(test) else { return };
+    let cfg = gpu_variant(&preset(case.name).unwrap());
+    let (w, inputs, cap) = setup(&cfg, case.batch, case.ragged, 7);
+    let model = GpuModel::new(&dev, &w).expect("GpuModel::new");
+    let mut ws = Workspace::new(&model, cap).expect("Workspace::new");
+    let reference = reference::forward(&w, &inputs, &ForwardOptions { dense: false }).unwrap();
+    let reference_dense = reference::forward(&w, &inputs, &ForwardOptions { dense: true }).unwrap();
+    let what = format!("{} batch {}", case.name, case.batch);
+    for sync in [SyncPolicy::ReadCounts, SyncPolicy::UpperBound] {
+        let out = model
+            .forward(&mut ws, &inputs, &GpuForwardOptions { dense: false, sync })
+            .unwrap_or_else(|e| panic!("{what} {sync:?}: {e}"));
+        let want_syncs = match sync {
+            SyncPolicy::ReadCounts => 1 + pruning_layers(&w),
+            SyncPolicy::UpperBound => 1,
+        };
+        assert_eq!(out.syncs, want_syncs, "{what} {sync:?}: syncs");
+        let ties = compare(&format!("{what} {sync:?}"), &cfg, &out, &reference);
+        if ties > 0 {
+            eprintln!("{what} {sync:?}: {ties} near tie(s); rows after the tie not compared");
+        }
+        let dense = model
+            .forward(&mut ws, &inputs, &GpuForwardOptions { dense: true, sync })
+            .unwrap_or_else(|e| panic!("{what} dense {sync:?}: {e}"));
+        assert_eq!(dense.syncs, 1, "{what} dense {sync:?}: syncs");
+        assert_eq!(
+            compare(
+                &format!("{what} dense {sync:?}"),
+                &cfg,
+                &dense,
+                &reference_dense
+            ),
+            0
+        );
+    }
+}
+
+#[test]
+fn forward_tiny_meter_batch1() {
+    run_case(
+        "forward_tiny_meter_batch1",
+        &Case {
+            name: "tiny-meter",
+            batch: 1,
+            ragged: false,
+        },
+    );
+}
+
+#[test]
+fn forward_tiny_meter_ragged8() {
+    run_case(
+        "forward_tiny_meter_ragged8",
+        &Case {
+            name: "tiny-meter",
+            batch: 8,
+            ragged: true,
+        },
+    );
+}
+
+#[test]
+fn forward_tiny_bert_batch1() {
+    run_case(
+        "forward_tiny_bert_batch1",
+        &Case {
+            name: "tiny-bert",
+            batch: 1,
+            ragged: false,
+        },
+    );
+}
+
+#[test]
+fn forward_tiny_bert_ragged8() {
+    run_case(
+        "forward_tiny_bert_ragged8",
+        &Case {
+            name: "tiny-bert",
+            batch: 8,
+            ragged: true,
+        },
+    );
+}
+
+#[test]
+fn forward_tiny_vit_batch1() {
+    run_case(
+        "forward_tiny_vit_batch1",
+        &Case {
+            name: "tiny-vit",
+            batch: 1,
+            ragged: false,
+        },
+    );
+}
+
+#[test]
+fn forward_tiny_vit_batch8() {
+    run_case(
+        "forward_tiny_vit_batch8",
+        &Case {
+            name: "tiny-vit",
+            batch: 8,
+            ragged: true,
+        },
+    );
+}
+
+#[test]
+fn forward_tiny_blip_batch1() {
+    run_case(
+        "forward_tiny_blip_batch1",
+        &Case {
+            name: "tiny-blip",
+            batch: 1,
+            ragged: false,
+        },
+    );
+}
+
+#[test]
+fn forward_tiny_blip_ragged8() {
+    run_case(
+        "forward_tiny_blip_ragged8",
+        &Case {
+            name: "tiny-blip",
+            batch: 8,
+            ragged: true,
+        },
+    );
+}
+
+#[test]
+fn forward_meter_batch1() {
+    run_case(
+        "forward_meter_batch1",
+        &Case {
+            name: "meter",
+            batch: 1,
+            ragged: false,
+        },
+    );
+}
+
+/// Pruners that keep everything (threshold 0, head threshold 0) give the
+/// dense pass's results, and keep and activate everything.
+#[test]
+fn forward_keep_everything_equals_dense() {
+    let Some(dev) = device("forward_keep_everything_equals_dense") else {
+        return;
+    };
+    for name in ["tiny-meter", "tiny-bert", "tiny-vit", "tiny-blip"] {
+        let mut cfg = gpu_variant(&preset(name).unwrap());
+        for s in &mut cfg.streams {
+            for l in &mut s.layers {
+                if let Some(tp) = &mut l.token_pruner {
+                    tp.rule = KeepRule::Threshold { tau: 0.0 };
+                }
+                for hp in [&mut l.self_head_pruner, &mut l.cross_head_pruner]
+                    .into_iter()
+                    .flatten()
+                {
+                    hp.tau_h = 0.0;
+                }
+            }
+        }
+        let (w, inputs, cap) = setup(&cfg, 8, true, 21);
+        let model = GpuModel::new(&dev, &w).unwrap();
+        let mut ws = Workspace::new(&model, cap).unwrap();
+        for sync in [SyncPolicy::ReadCounts, SyncPolicy::UpperBound] {
+            let p = model
+                .forward(&mut ws, &inputs, &GpuForwardOptions { dense: false, sync })
+                .unwrap();
+            let d = model
+                .forward(&mut ws, &inputs, &GpuForwardOptions { dense: true, sync })
+                .unwrap();
+            for (ps, ds) in p.streams.iter().zip(&d.streams) {
+                for (l, pl) in ps.layers.iter().enumerate() {
+                    assert_eq!(pl.kept, pl.rows_in, "{name} layer {l}: kept everything");
+                    let h = cfg.streams[0].heads as i32;
+                    assert!(pl.active_self_heads.iter().all(|&a| a == h), "{name} {l}");
+                }
+                assert_eq!(ps.packed.cu_seqlens, ds.packed.cu_seqlens, "{name}");
+                assert_eq!(ps.packed.orig_index, ds.packed.orig_index, "{name}");
+                let e = rel_err(&ps.packed.rows, &ds.packed.rows);
+                let bitwise = ps.packed.rows == ds.packed.rows;
+                eprintln!("{name} {sync:?}: keep-everything vs dense rel err {e:.2e} (bitwise equal: {bitwise})");
+                assert!(
+                    e < 1e-6,
+                    "{name} {sync:?}: keep-everything vs dense {e:.2e}"
+                );
+            }
+        }
+    }
+}
+
+/// Repeated forwards: identical keep decisions and statistics every time,
+/// and no device memory taken after the first pass.
+#[test]
+fn forward_repeated_is_stable() {
+    let Some(dev) = device("forward_repeated_is_stable") else {
+        return;
+    };
+    let repeats: usize = std::env::var("SMARTTRIM_FORWARD_REPEATS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let cfg = gpu_variant(&preset("tiny-meter").unwrap());
+    let (w, inputs, cap) = setup(&cfg, 8, true, 5);
+    let model = GpuModel::new(&dev, &w).unwrap();
+    let mut ws = Workspace::new(&model, cap).unwrap();
+    for sync in [SyncPolicy::ReadCounts, SyncPolicy::UpperBound] {
+        let opts = GpuForwardOptions { dense: false, sync };
+        let first = model.forward(&mut ws, &inputs, &opts).unwrap();
+        let (free0, _) = dev.context().mem_get_info().unwrap();
+        let mut rows_identical = true;
+        for i in 0..repeats {
+            let o = model.forward(&mut ws, &inputs, &opts).unwrap();
+            assert_eq!(o.syncs, first.syncs, "{sync:?} repeat {i}: syncs");
+            for (a, b) in o.streams.iter().zip(&first.streams) {
+                for (la, lb) in a.layers.iter().zip(&b.layers) {
+                    assert_eq!(la.keep, lb.keep, "{sync:?} repeat {i}: keep flags");
+                    assert_eq!(la.kept, lb.kept, "{sync:?} repeat {i}: kept");
+                    assert_eq!(
+                        la.self_heads.as_ref().map(|h| &h.mask),
+                        lb.self_heads.as_ref().map(|h| &h.mask)
+                    );
+                    assert_eq!(
+                        la.cross_heads.as_ref().map(|h| &h.mask),
+                        lb.cross_heads.as_ref().map(|h| &h.mask)
+                    );
+                }
+                assert_eq!(
+                    a.packed.orig_index, b.packed.orig_index,
+                    "{sync:?} repeat {i}"
+                );
+                assert_eq!(
+                    a.packed.cu_seqlens, b.packed.cu_seqlens,
+                    "{sync:?} repeat {i}"
+                );
+                rows_identical &= a.packed.rows == b.packed.rows;
+            }
+        }
+        let (free1, _) = dev.context().mem_get_info().unwrap();
+        eprintln!(
+            "{sync:?}: {repeats} repeats, free memory {free0} -> {free1}, rows bitwise identical: {rows_identical}"
+        );
+        assert!(
+            free1 >= free0,
+            "{sync:?}: device memory use grew by {} bytes",
+            free0 - free1
+        );
+    }
+}
+
+/// Typed errors before any device work: a batch over the workspace's
+/// capacity, the wrong number of streams, a workspace of another model.
+#[test]
+fn forward_rejects_bad_inputs() {
+    let Some(dev) = device("forward_rejects_bad_inputs") else {
+        return;
+    };
+    let cfg = gpu_variant(&preset("tiny-meter").unwrap());
+    let (w, inputs, cap) = setup(&cfg, 2, false, 9);
+    let model = GpuModel::new(&dev, &w).unwrap();
+    let mut ws = Workspace::new(&model, cap).unwrap();
+    let opts = GpuForwardOptions::default();
+    let big = reference::synthetic_inputs(&cfg, 3, 1, false);
+    assert!(matches!(
+        model.forward(&mut ws, &big, &opts),
+        Err(smarttrim::Error::InvalidArgument { .. })
+    ));
+    let mut wrong = inputs.clone();
+    wrong.streams.pop();
+    assert!(matches!(
+        model.forward(&mut ws, &wrong, &opts),
+        Err(smarttrim::Error::Input(_))
+    ));
+    let raw = preset("tiny-meter").unwrap();
+    assert!(matches!(
+        GpuModel::new(&dev, &Weights::random(&raw, 1).unwrap()),
+        Err(smarttrim::Error::Unsupported { .. })
+    ));
+    let other_cfg = gpu_variant(&preset("tiny-bert").unwrap());
+    let (w2, inputs2, cap2) = setup(&other_cfg, 2, false, 9);
+    let m2 = GpuModel::new(&dev, &w2).unwrap();
+    let mut ws2 = Workspace::new(&m2, cap2).unwrap();
+    assert!(model.forward(&mut ws2, &inputs, &opts).is_err());
+    m2.forward(&mut ws2, &inputs2, &opts).unwrap();
+}
+
+/// Runs without a GPU: the helpers above (f16-rounded weights reload, inputs
+/// fit their capacity, the reference passes the GPU tests compare with run
+/// and prune something).
+#[test]
+fn forward_test_setup_is_sound() {
+    for name in ["tiny-meter", "tiny-bert", "tiny-vit", "tiny-blip"] {
+        let cfg = gpu_variant(&preset(name).unwrap());
+        smarttrim::model::check_supported(&cfg).unwrap();
+        let (w, inputs, cap) = setup(&cfg, 8, true, 7);
+        let raw = Weights::random(&cfg, 7).unwrap();
+        let (a, b): (Vec<f32>, Vec<f32>) = w
+            .tensors()
+            .into_iter()
+            .zip(raw.tensors())
+            .flat_map(|(x, y)| x.2.into_iter().zip(y.2))
+            .unzip();
+        let e = rel_err(&a, &b);
+        assert!(
+            e > 0.0 && e < 1e-3,
+            "{name}: f16 rounding changed weights by {e:.2e}"
+        );
+        assert_eq!(cap.max_batch, 8);
+        let r = reference::forward(&w, &inputs, &ForwardOptions { dense: false }).unwrap();
+        let pruned: i32 = r
+            .streams
+            .iter()
+            .flat_map(|s| &s.layers)
+            .map(|l| l.rows_in.iter().sum::<i32>() - l.kept.iter().sum::<i32>())
+            .sum();
+        assert!(
+            pruned > 0,
+            "{name}: the reference pruned nothing; the GPU test would be weak"
+        );
+        assert!(pruning_layers(&w) > 0);
+    }
+}

@@ -1,0 +1,266 @@
+//! The GPU forward pass's host-side parts, checked without a GPU: which
+//! configs the kernels support, workspace sizing arithmetic, and input
+//! validation returning typed errors before any device work.
+
+use smarttrim::model::{
+    check_supported, gpu_variant, prepare_inputs, Capacity, StreamLayout, WorkspaceLayout,
+};
+use smarttrim::reference::{synthetic_inputs, StreamInput};
+use smarttrim::spec::{preset, EmbeddingWeights, KeepRule, ModelConfig, Weights};
+use smarttrim::Error;
+
+fn embeddings(w: &Weights) -> Vec<EmbeddingWeights> {
+    w.streams.iter().map(|s| s.embeddings.clone()).collect()
+}
+
+#[test]
+fn supported_configs() {
+    for name in ["meter", "blip-vit", "blip-text", "bert-base"] {
+        check_supported(&preset(name).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    for name in ["tiny-meter", "tiny-bert", "tiny-vit", "tiny-blip"] {
+        let raw = preset(name).unwrap();
+        match check_supported(&raw) {
+            Err(Error::Unsupported { message, .. }) => {
+                assert!(message.contains("head size"), "{name}: {message}")
+            }
+            other => panic!("{name}: expected Unsupported, got {other:?}"),
+        }
+        let v = gpu_variant(&raw);
+        check_supported(&v).unwrap_or_else(|e| panic!("{name} gpu variant: {e}"));
+        assert_eq!(v.streams[0].head_dim(), 32, "{name}");
+        // The variant keeps everything but heads and pruner widths.
+        assert_eq!(v.streams[0].hidden, raw.streams[0].hidden);
+        assert_eq!(v.streams[0].layers.len(), raw.streams[0].layers.len());
+    }
+    let mut c = preset("meter").unwrap();
+    c.streams[0].layers[1].token_pruner.as_mut().unwrap().hidden = Some(100);
+    assert!(matches!(
+        check_supported(&c),
+        Err(Error::Unsupported { .. })
+    ));
+}
+
+fn stream_bytes_by_hand(s: &StreamLayout, b: usize) -> usize {
+    let (r, d, f, h, l) = (s.rows, s.d, s.ffn, s.heads, s.layers);
+    let ro = if s.cross { s.other_rows } else { 0 };
+    let q = if s.cross { r * d } else { 0 };
+    let m1 = |n: usize| n.max(1);
+    // x[2], a, h, t, ctx, u: 7 x r*d f16; q; qkv; ffn; kv; uy.
+    2 * (7 * r * d + m1(q) + 3 * r * d + r * f + m1(ro * 2 * d) + m1(s.other_rows * s.d_other))
+        // cu[2], orig[2], scratch
+        + 4 * (2 * (b + 1) + 2 * r + r)
+        // g_self, g_cross, context (f32)
+        + 4 * (b * d + m1(b * s.d_other) + m1(b * s.hs))
+        // flags, ones (u8)
+        + r + b * h
+        // pairs x3, counts x3
+        + 4 * (3 * 2 * b * h + 3)
+        // pooled first (f16), mean (f32)
+        + 2 * b * d + 4 * b * d
+        // logs: scores f32, keep u8, logits f32, masks u8
+        + 4 * l * r + l * r + 4 * l * 2 * b * h + l * 2 * b * h
+}
+
+#[test]
+fn workspace_sizing() {
+    let cfg = gpu_variant(&preset("tiny-meter").unwrap());
+    let cap = Capacity {
+        max_batch: 8,
+        max_seqlen: vec![40, 577],
+        context_max_seqlen: 0,
+    };
+    let lay = WorkspaceLayout::new(&cfg, &cap).unwrap();
+    assert_eq!(lay.max_batch, 8);
+    assert_eq!(lay.streams[0].rows, 320);
+    assert_eq!(lay.streams[1].rows, 8 * 577);
+    assert_eq!(lay.streams[0].other_rows, 8 * 577);
+    assert_eq!(lay.streams[1].other_rows, 320);
+    assert_eq!(lay.streams[0].d_other, 64);
+    assert_eq!(lay.streams[0].hs, 64);
+    assert_eq!(lay.streams[0].heads, 2);
+    assert_eq!(lay.stats, 3 * 2 * 3 * 8);
+    for s in &lay.streams {
+        assert_eq!(s.bytes(8), stream_bytes_by_hand(s, 8));
+    }
+    let shared = 2 + 4 * 9 + 4 * 2 + 4 * lay.stats;
+    assert_eq!(
+        lay.bytes(),
+        lay.streams.iter().map(|s| s.bytes(8)).sum::<usize>() + shared
+    );
+
+    // Cross encoder: the context sizes the kv and uy buffers.
+    let cfg = gpu_variant(&preset("tiny-blip").unwrap());
+    let cap = Capacity {
+        max_batch: 4,
+        max_seqlen: vec![40],
+        context_max_seqlen: 577,
+    };
+    let lay = WorkspaceLayout::new(&cfg, &cap).unwrap();
+    assert_eq!(lay.context_rows, 4 * 577);
+    assert_eq!(lay.context_hidden, 48);
+    assert_eq!(lay.streams[0].other_rows, 4 * 577);
+    assert_eq!(lay.streams[0].d_other, 48);
+    assert_eq!(
+        lay.streams[0].bytes(4),
+        stream_bytes_by_hand(&lay.streams[0], 4)
+    );
+
+    // Encoder: no other stream.
+    let cfg = gpu_variant(&preset("tiny-vit").unwrap());
+    let cap = Capacity {
+        max_batch: 2,
+        max_seqlen: vec![17],
+        context_max_seqlen: 0,
+    };
+    let lay = WorkspaceLayout::new(&cfg, &cap).unwrap();
+    assert_eq!(lay.streams[0].rows, 34);
+    assert_eq!((lay.streams[0].other_rows, lay.streams[0].d_other), (0, 0));
+    assert!(!lay.streams[0].cross);
+}
+
+#[test]
+fn bad_capacities_are_typed_errors() {
+    let cfg = gpu_variant(&preset("tiny-meter").unwrap());
+    let ok = Capacity {
+        max_batch: 8,
+        max_seqlen: vec![40, 577],
+        context_max_seqlen: 0,
+    };
+    let bad = |c: Capacity, cfg: &ModelConfig| WorkspaceLayout::new(cfg, &c).unwrap_err();
+    assert!(matches!(
+        bad(
+            Capacity {
+                max_batch: 0,
+                ..ok.clone()
+            },
+            &cfg
+        ),
+        Error::InvalidArgument { .. }
+    ));
+    assert!(matches!(
+        bad(
+            Capacity {
+                max_batch: 70_000,
+                ..ok.clone()
+            },
+            &cfg
+        ),
+        Error::InvalidArgument { .. }
+    ));
+    assert!(matches!(
+        bad(
+            Capacity {
+                max_seqlen: vec![40],
+                ..ok.clone()
+            },
+            &cfg
+        ),
+        Error::InvalidArgument { .. }
+    ));
+    let blip = gpu_variant(&preset("tiny-blip").unwrap());
+    assert!(matches!(
+        bad(
+            Capacity {
+                max_batch: 2,
+                max_seqlen: vec![40],
+                context_max_seqlen: 0
+            },
+            &blip
+        ),
+        Error::InvalidArgument { .. }
+    ));
+    // The budget rule's longest sequence.
+    let mut budget = cfg.clone();
+    budget.streams[1].layers[1]
+        .token_pruner
+        .as_mut()
+        .unwrap()
+        .rule = KeepRule::Budget { rho: 0.5 };
+    assert!(matches!(
+        bad(
+            Capacity {
+                max_batch: 1,
+                max_seqlen: vec![40, 5000],
+                context_max_seqlen: 0
+            },
+            &budget
+        ),
+        Error::Unsupported { .. }
+    ));
+    WorkspaceLayout::new(&budget, &ok).unwrap();
+}
+
+#[test]
+fn inputs_are_validated_before_device_work() {
+    for name in ["tiny-meter", "tiny-bert", "tiny-vit", "tiny-blip"] {
+        let cfg = gpu_variant(&preset(name).unwrap());
+        let w = Weights::random(&cfg, 3).unwrap();
+        let emb = embeddings(&w);
+        let inputs = synthetic_inputs(&cfg, 8, 11, true);
+        let prep = prepare_inputs(&cfg, &emb, &inputs, None).unwrap();
+        assert_eq!(prep.batch, 8, "{name}");
+        let cap = Capacity::for_inputs(&prep);
+        WorkspaceLayout::new(&cfg, &cap).unwrap();
+        prepare_inputs(&cfg, &emb, &inputs, Some(&cap)).unwrap();
+
+        // Batch over capacity.
+        let small = Capacity {
+            max_batch: 4,
+            ..cap.clone()
+        };
+        match prepare_inputs(&cfg, &emb, &inputs, Some(&small)) {
+            Err(Error::InvalidArgument { message, .. }) => {
+                assert!(message.contains("batch 8"), "{name}: {message}")
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        // A sequence over capacity.
+        let short = Capacity {
+            max_seqlen: cap.max_seqlen.iter().map(|&m| m - 1).collect(),
+            ..cap.clone()
+        };
+        assert!(
+            matches!(
+                prepare_inputs(&cfg, &emb, &inputs, Some(&short)),
+                Err(Error::InvalidArgument { .. })
+            ),
+            "{name}"
+        );
+        // Wrong stream count.
+        let mut wrong = inputs.clone();
+        wrong.streams.push(wrong.streams[0].clone());
+        assert!(matches!(
+            prepare_inputs(&cfg, &emb, &wrong, Some(&cap)),
+            Err(Error::Input(_))
+        ));
+    }
+    // Streams of different batch (METER), and NaN rows.
+    let cfg = gpu_variant(&preset("tiny-meter").unwrap());
+    let w = Weights::random(&cfg, 3).unwrap();
+    let emb = embeddings(&w);
+    let mut inputs = synthetic_inputs(&cfg, 2, 1, false);
+    let other = synthetic_inputs(&cfg, 3, 1, false);
+    inputs.streams[1] = other.streams[1].clone();
+    match prepare_inputs(&cfg, &emb, &inputs, None) {
+        Err(Error::Input(errs)) => assert!(errs[0].contains("batch"), "{errs:?}"),
+        other => panic!("{other:?}"),
+    }
+    let mut inputs = synthetic_inputs(&cfg, 2, 1, false);
+    if let StreamInput::Packed { rows, .. } = &mut inputs.streams[0] {
+        rows[5] = f32::NAN;
+    }
+    assert!(matches!(
+        prepare_inputs(&cfg, &emb, &inputs, None),
+        Err(Error::Input(_))
+    ));
+    // A cross encoder without its context.
+    let cfg = gpu_variant(&preset("tiny-blip").unwrap());
+    let w = Weights::random(&cfg, 3).unwrap();
+    let mut inputs = synthetic_inputs(&cfg, 2, 1, false);
+    inputs.context = None;
+    assert!(matches!(
+        prepare_inputs(&cfg, &embeddings(&w), &inputs, None),
+        Err(Error::Input(_))
+    ));
+}
