@@ -493,3 +493,30 @@ fn demo_runs_and_json_is_machine_readable() {
     assert!(text.contains("CPU reference"), "{text}");
     assert!(text.contains("model FLOPs"), "{text}");
 }
+
+#[test]
+fn output_piped_into_a_closed_reader_is_not_a_crash() {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    let mut child = bin()
+        .args(["demo", "--preset", "tiny-meter", "--batch", "4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one byte, then hang up, as `smarttrim demo | head -c 1` would.
+    let mut out = child.stdout.take().unwrap();
+    let mut one = [0u8; 1];
+    out.read_exact(&mut one).unwrap();
+    drop(out);
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(status.success(), "exit {status:?}: {err}");
+}

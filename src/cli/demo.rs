@@ -95,7 +95,10 @@ fn gpu_unavailable() -> String {
         },
         Err(e) => format!("{e}; "),
     };
-    format!("{gpu}and the GPU forward pass is not implemented in this version")
+    format!(
+        "{gpu}and the CLI does not run the GPU forward pass yet (smarttrim::model exists \
+         but has not been validated on a GPU)"
+    )
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
@@ -120,7 +123,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let inputs = synthetic_inputs(&config, args.batch, args.seed, args.ragged);
 
     if !args.json {
-        println!(
+        outln!(
             "smarttrim demo: {model_name}, batch {}, seed {}{}",
             args.batch,
             args.seed,
@@ -129,8 +132,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             } else {
                 ", random weights"
             }
-        );
-        println!("device: CPU reference (f32) — {device_note}");
+        )?;
+        outln!("device: CPU reference (f32) — {device_note}")?;
     }
 
     let t = Instant::now();
@@ -151,9 +154,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         dense_ms,
     );
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print_table(&report);
+        print_table(&report)?;
     }
     Ok(())
 }
@@ -235,13 +238,13 @@ fn build_report(
     }
 }
 
-fn print_table(r: &Report) {
+fn print_table(r: &Report) -> std::io::Result<()> {
     let names: Vec<String> = r
         .layers
         .first()
         .map(|l| l.streams.iter().map(|s| s.name.clone()).collect())
         .unwrap_or_default();
-    println!();
+    outln!()?;
     let mut header = format!("{:>5}", "layer");
     for n in &names {
         header.push_str(&format!(
@@ -255,8 +258,8 @@ fn print_table(r: &Report) {
         " | {:>8} {:>8} | {:>9}",
         "model", "executed", "dense"
     ));
-    println!("{header}");
-    println!("{}", "-".repeat(header.len()));
+    outln!("{header}")?;
+    outln!("{}", "-".repeat(header.len()))?;
     for l in &r.layers {
         let mut line = format!("{:>5}", l.layer);
         for s in &l.streams {
@@ -274,18 +277,18 @@ fn print_table(r: &Report) {
             100.0 * l.executed_flops as f64 / l.dense_flops.max(1) as f64,
             l.dense_flops as f64 / 1e9
         ));
-        println!("{line}");
+        outln!("{line}")?;
     }
-    println!();
-    println!(
+    outln!()?;
+    outln!(
         "rows: kept/entering, summed over the batch; heads: mean active per sequence \
          (of {}); FLOPs: this layer's, as a share of the dense layer's",
         r.layers
             .first()
             .and_then(|l| l.streams.first())
             .map_or(0, |s| s.heads)
-    );
-    println!(
+    )?;
+    outln!(
         "whole pass (embeddings and pruners included): model FLOPs {:.2} G = {:.1}% of dense \
          {:.2} G; executed {:.2} G = {:.1}%",
         r.model_flops as f64 / 1e9,
@@ -293,9 +296,13 @@ fn print_table(r: &Report) {
         r.dense_flops as f64 / 1e9,
         r.executed_flops as f64 / 1e9,
         100.0 * r.executed_flops_ratio
-    );
-    println!(
+    )?;
+    outln!(
         "time ({}): pruned {:.1} ms, dense {:.1} ms, speedup {:.2}x",
-        r.device, r.pruned_ms, r.dense_ms, r.speedup
-    );
+        r.device,
+        r.pruned_ms,
+        r.dense_ms,
+        r.speedup
+    )?;
+    Ok(())
 }

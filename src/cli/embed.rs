@@ -25,7 +25,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
     let embedder = SentenceEmbedder::load(&args.model)?;
     let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
     for e in embedder.embed(&texts)? {
-        println!("{}", serde_json::to_string(&e)?);
+        outln!("{}", serde_json::to_string(&e)?)?;
     }
     Ok(())
 }

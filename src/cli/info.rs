@@ -12,29 +12,35 @@ pub struct InfoArgs {
 }
 
 pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
-    println!("smarttrim {}", env!("CARGO_PKG_VERSION"));
-    println!();
-    println!("toolchain");
+    outln!("smarttrim {}", env!("CARGO_PKG_VERSION"))?;
+    outln!()?;
+    outln!("toolchain")?;
     if kernels::BUILT {
-        println!(
+        outln!(
             "  nvcc:        {} ({})",
             kernels::NVCC_PATH,
             kernels::NVCC_VERSION
-        );
-        println!("  PTX targets: {}", kernels::TARGETS.join(", "));
-        println!("  modules:     {}", kernels::module_names().join(", "));
+        )?;
+        outln!("  PTX targets: {}", kernels::TARGETS.join(", "))?;
+        outln!("  modules:     {}", kernels::module_names().join(", "))?;
     } else {
-        println!("  GPU kernels: not built ({})", kernels::NOT_BUILT_REASON);
-        println!("               run scripts/setup-cuda.sh and rebuild to get them");
+        outln!("  GPU kernels: not built ({})", kernels::NOT_BUILT_REASON)?;
+        outln!("               run scripts/setup-cuda.sh and rebuild to get them")?;
     }
     if args.kernels && kernels::BUILT {
-        println!();
-        println!(
+        outln!()?;
+        outln!(
             "  {:<12} {:<11} {:<28} {:>5} {:>7} {:>6} {:>7}",
-            "module", "target", "kernel", "regs", "smem B", "stack", "spill B"
-        );
+            "module",
+            "target",
+            "kernel",
+            "regs",
+            "smem B",
+            "stack",
+            "spill B"
+        )?;
         for (m, t, r) in kernels::all_resources() {
-            println!(
+            outln!(
                 "  {:<12} {:<11} {:<28} {:>5} {:>7} {:>6} {:>7}",
                 m,
                 t,
@@ -43,34 +49,34 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
                 r.shared_bytes,
                 r.stack_frame_bytes,
                 r.spill_store_bytes + r.spill_load_bytes
-            );
+            )?;
         }
     }
-    println!();
-    println!("driver");
+    outln!()?;
+    outln!("driver")?;
     match device::driver_version() {
-        Ok((major, minor)) => println!("  CUDA driver {major}.{minor}"),
+        Ok((major, minor)) => outln!("  CUDA driver {major}.{minor}")?,
         Err(e) => {
-            println!("  none: {e}");
+            outln!("  none: {e}")?;
             return Ok(());
         }
     }
-    println!();
-    println!("devices");
+    outln!()?;
+    outln!("devices")?;
     let n = match device::device_count() {
         Ok(n) => n,
         Err(e) => {
-            println!("  none: {e}");
+            outln!("  none: {e}")?;
             return Ok(());
         }
     };
     if n == 0 {
-        println!("  none: the driver reports no CUDA devices");
+        outln!("  none: the driver reports no CUDA devices")?;
     }
     for ordinal in 0..n {
         match Device::open(ordinal).and_then(|d| d.info()) {
-            Ok(info) => println!("  {info}"),
-            Err(e) => println!("  cuda:{ordinal}: cannot open: {e}"),
+            Ok(info) => outln!("  {info}")?,
+            Err(e) => outln!("  cuda:{ordinal}: cannot open: {e}")?,
         }
     }
     Ok(())

@@ -1,5 +1,18 @@
 //! Command-line interface: argument parsing and one module per subcommand.
 
+/// `println!` that returns the write error instead of panicking, so output
+/// piped into `head` ends quietly (see `main`).
+macro_rules! outln {
+    () => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout())
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+    }};
+}
+
 mod demo;
 mod embed;
 mod info;

@@ -79,7 +79,10 @@ pub struct RunArgs {
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     if args.device == DeviceChoice::Cuda {
-        bail!("--device cuda: the GPU forward pass is not implemented in this version; use --device cpu");
+        bail!(
+            "--device cuda: the CLI does not run the GPU forward pass yet (smarttrim::model \
+             exists but has not been validated on a GPU); use --device cpu"
+        );
     }
     let config = load_config(&args.config, &args.preset)?;
     let weights = Weights::load(&config, &args.weights)
