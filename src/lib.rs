@@ -8,6 +8,7 @@
 //! - [`ops`]: safe wrappers around the hand-written kernels (validate, then launch).
 //! - [`spec`]: the model's description (config, weights, FLOPs), shared by both backends.
 //! - [`reference`]: the exact CPU pass (the semantics of DESIGN.md).
+//! - [`report`]: pictures of a pass (token keep map, FLOPs histogram).
 //!
 //! See `README.md` for the command-line tool and `DESIGN.md` for the semantics.
 
@@ -19,6 +20,7 @@ pub mod error;
 pub mod kernels;
 pub mod ops;
 pub mod reference;
+pub mod report;
 pub mod spec;
 pub mod tensor_io;
 
