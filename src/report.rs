@@ -374,14 +374,13 @@ pub fn row_states(layers: &[LayerRecord], b: usize) -> Vec<LayerStates> {
             let off: usize = r.rows_in[..b].iter().map(|&x| x.max(0) as usize).sum();
             let n = r.rows_in[b].max(0) as usize;
             let mut st = vec![RowState::Gone; n0];
-            for i in off..off + n {
-                let o = r.orig_index_in[i].max(0) as usize;
+            let rows = r.orig_index_in[off..off + n]
+                .iter()
+                .zip(&keep[off..off + n]);
+            for (&o, &k) in rows {
+                let o = o.max(0) as usize;
                 if o < n0 {
-                    st[o] = if keep[i] {
-                        RowState::Kept
-                    } else {
-                        RowState::Pruned
-                    };
+                    st[o] = if k { RowState::Kept } else { RowState::Pruned };
                 }
             }
             Some((l, st, n, r.kept[b].max(0) as usize))
@@ -622,7 +621,7 @@ pub fn flops_hist_scene(_config: &ModelConfig, outputs: &Outputs) -> Result<Scen
             "per-instance FLOPs over a batch of {}: mean {mean:.1}% of dense (min {lo:.1}%, max {hi:.1}%)",
             pct.len()
         ),
-        (width / 2, 24),
+        (width / 2, 22),
         15.0,
         Anchor::Center,
     );
@@ -662,9 +661,9 @@ pub fn flops_hist_scene(_config: &ModelConfig, outputs: &Outputs) -> Result<Scen
     scene.line((xm, top), (xm, top + ph), MEAN, 2);
     scene.shapes.push(Shape::Text {
         text: format!("mean {mean:.1}%"),
-        at: (xm + 6, top + 10),
+        at: (xm, top - 12),
         size: 13.0,
-        anchor: Anchor::Left,
+        anchor: Anchor::Center,
         vertical: false,
         color: MEAN,
     });
