@@ -405,7 +405,6 @@ fn check_instance(outputs: &Outputs, instance: usize) -> Result<usize> {
 /// The keep-map picture of sequence `instance` (see [`keep_map`]).
 pub fn keep_map_scene(config: &ModelConfig, outputs: &Outputs, instance: usize) -> Result<Scene> {
     check_instance(outputs, instance)?;
-    const CELL: i32 = 8;
     const GAP: i32 = 28;
     const MARGIN: i32 = 20;
     const TOKEN_W: i32 = 12;
@@ -453,9 +452,16 @@ pub fn keep_map_scene(config: &ModelConfig, outputs: &Outputs, instance: usize) 
                     Anchor::Left,
                 );
                 y += 24;
-                let side = g as i32 * CELL;
+                // About 192 px a grid (8 px cells at 24 x 24), cells 6 to 24 px.
+                let cell = (192 / g as i32).clamp(6, 24);
+                let side = g as i32 * cell;
+                // Wide enough for the longest caption too.
+                let panel = states
+                    .iter()
+                    .map(|(l, _, n, k)| approx_width(&caption(*l, *n, *k), 13.0))
+                    .fold(side, i32::max);
                 for (j, (l, st, n, k)) in states.iter().enumerate() {
-                    let x0 = MARGIN + j as i32 * (side + GAP);
+                    let x0 = MARGIN + j as i32 * (panel + GAP) + (panel - side) / 2;
                     scene.text(
                         caption(*l, *n, *k),
                         (x0 + side / 2, y + 6),
@@ -470,10 +476,10 @@ pub fn keep_map_scene(config: &ModelConfig, outputs: &Outputs, instance: usize) 
                             RowState::Gone => PATCH_GONE,
                         };
                         let (r, c) = ((p / g) as i32, (p % g) as i32);
-                        let (px, py) = (x0 + c * CELL, gy + r * CELL);
-                        scene.rect(px, py, px + CELL - 1, py + CELL - 1, fill);
+                        let (px, py) = (x0 + c * cell, gy + r * cell);
+                        scene.rect(px, py, px + cell - 1, py + cell - 1, fill);
                     }
-                    width = width.max(x0 + side);
+                    width = width.max(MARGIN + (j as i32 + 1) * (panel + GAP) - GAP);
                 }
                 y += 18 + side + 30;
             }
@@ -532,10 +538,17 @@ pub fn keep_map_scene(config: &ModelConfig, outputs: &Outputs, instance: usize) 
     }
     width = width.max(lx);
     y += 22;
-    let note = "layers are counted from 0, as in the demo's table; N counts the rows \
-                entering the layer (an image's CLS included)";
+    let note = format!(
+        "layers are counted from 0, as in the demo's table; N counts the rows entering \
+         the layer{}",
+        if has_grid {
+            " (an image's CLS included)"
+        } else {
+            ""
+        }
+    );
+    width = width.max(MARGIN + approx_width(&note, 13.0));
     scene.text(note, (MARGIN, y), 13.0, Anchor::Left);
-    width = width.max(MARGIN + approx_width(note, 13.0));
     y += 20;
     let title = format!("token keep map, instance {instance}: {}", header.join(", "));
     width = width.max(MARGIN + approx_width(&title, 15.0));
