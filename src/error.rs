@@ -121,6 +121,10 @@ pub enum Error {
     /// The tokenizer failed to load or to encode.
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
+
+    /// A picture could not be drawn or encoded.
+    #[error("plotting error: {0}")]
+    Plot(String),
 }
 
 impl Error {

@@ -11,6 +11,7 @@
 //! - [`embed`], [`tensor_io`]: sentence embeddings from HuggingFace models;
 //!   `smarttrim run`'s input and output files.
 //! - [`model`]: the pruned forward pass on the GPU (tested against [`reference`](mod@reference)).
+//! - [`report`]: pictures of a pass (token keep map, FLOPs histogram).
 //!
 //! See `README.md` for the command-line tool and `DESIGN.md` for the semantics.
 
@@ -23,6 +24,7 @@ pub mod kernels;
 pub mod model;
 pub mod ops;
 pub mod reference;
+pub mod report;
 pub mod spec;
 pub mod tensor_io;
 

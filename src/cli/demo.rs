@@ -47,6 +47,18 @@ pub struct DemoArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Draw the rows kept at each pruning layer (patch grids for image
+    /// streams, token rows for text streams) of one instance into this file
+    /// (.svg or .png).
+    #[arg(long, value_name = "PATH")]
+    pub keep_map: Option<PathBuf>,
+    /// The instance (sequence of the batch) that --keep-map draws.
+    #[arg(long, default_value_t = 0)]
+    pub instance: usize,
+    /// Draw the histogram of per-instance model FLOPs (% of dense) over the
+    /// batch into this file (.svg or .png); use with --batch 64 --ragged.
+    #[arg(long, value_name = "PATH")]
+    pub flops_hist: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -105,6 +117,16 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
+    if args.keep_map.is_some() && args.instance >= args.batch {
+        bail!(
+            "--instance {} is out of range for --batch {}",
+            args.instance,
+            args.batch
+        );
+    }
+    for p in [&args.keep_map, &args.flops_hist].into_iter().flatten() {
+        smarttrim::report::Format::of(p)?;
+    }
     let (config, model_name) = match &args.config {
         Some(p) => (ModelConfig::from_file(p)?, p.display().to_string()),
         None => (preset(&args.preset)?, args.preset.clone()),
@@ -157,6 +179,33 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
         print_table(&report)?;
+    }
+    draw_pictures(args, &config, &pruned)
+}
+
+/// Writes the pictures asked for (`--keep-map`, `--flops-hist`).
+fn draw_pictures(args: &DemoArgs, config: &ModelConfig, pruned: &Outputs) -> anyhow::Result<()> {
+    use smarttrim::report::{self, Format};
+    let mut wrote = Vec::new();
+    if let Some(p) = &args.keep_map {
+        report::keep_map(config, pruned, args.instance, p)
+            .with_context(|| format!("drawing the keep map {}", p.display()))?;
+        wrote.push(p);
+    }
+    if let Some(p) = &args.flops_hist {
+        report::flops_hist(config, pruned, p)
+            .with_context(|| format!("drawing the FLOPs histogram {}", p.display()))?;
+        wrote.push(p);
+    }
+    for p in wrote {
+        // Status lines go to stderr so that --json output stays one object.
+        eprintln!("wrote {}", p.display());
+        if Format::of(p)? == Format::Png && report::png_font().is_none() {
+            eprintln!(
+                "note: no TrueType font found (set SMARTTRIM_FONT to a .ttf file), so {} has no text",
+                p.display()
+            );
+        }
     }
     Ok(())
 }
