@@ -15,6 +15,7 @@ nvcc="$(scripts/setup-cuda.sh | tail -n 1)"
 export NVCC="${NVCC:-$nvcc}"
 export SMARTTRIM_REQUIRE_CUDA=1
 
+GPU_TESTS="gpu runtime ops_validation model_validation"
 rm -rf "$out"
 mkdir -p "$out/bin"
 
@@ -31,7 +32,7 @@ for line in sys.stdin:
         continue
     kind = m["target"]["kind"][0]
     if m["profile"]["test"] and kind in ("lib", "bin"):
-        kind = "unit"  # unit tests of the library or binary
+        kind = "unit-" + kind  # unit tests of the library or binary
     print(m["target"]["name"] + "\t" + kind + "\t" + m["executable"])
 '
 }
@@ -42,10 +43,17 @@ for line in sys.stdin:
   cargo build --release --bins --message-format=json-render-diagnostics
 } | collect | sort -u | while IFS=$'\t' read -r name kind exe; do
   case "$kind" in
-    test) dest="$out/bin/test-$name" ;;
+    # Only the test targets that touch the GPU or the embedded kernels travel;
+    # the CPU-only ones (reference, CLI, embed, report) run in CI and would
+    # look for files at this machine's paths.
+    test)
+      case " $GPU_TESTS " in *" $name "*) ;; *) continue ;; esac
+      dest="$out/bin/test-$name"
+      ;;
     bench) dest="$out/bin/bench-$name" ;;
     bin) dest="$out/bin/$name" ;;
-    unit) dest="$out/bin/test-unit-$name" ;;
+    unit-lib) dest="$out/bin/test-unit-lib" ;;
+    unit-bin) continue ;; # the CLI has no unit tests of its own
     *) continue ;;
   esac
   cp "$exe" "$dest"
@@ -57,5 +65,9 @@ cp scripts/gpu-run.sh "$out/run.sh"
 git rev-parse HEAD >"$out/COMMIT" 2>/dev/null || echo unknown >"$out/COMMIT"
 git status --porcelain | grep -q . && echo "dirty" >>"$out/COMMIT" || true
 chmod +x "$out/run.sh"
-du -sh "$out"
+size_kib="$(du -sk "$out" | cut -f1)"
+echo "bundle: $out, ${size_kib} KiB"
+if (( size_kib > 60 * 1024 )); then
+  echo "warning: the bundle is over 60 MiB; the device tool carries at most 64 MiB with the tree" >&2
+fi
 ls -la "$out/bin"
