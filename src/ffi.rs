@@ -1,12 +1,14 @@
 //! The C API (`include/smarttrim.h`, generated from this file by cbindgen;
 //! see `scripts/gen-header.sh`).
 //!
-//! **Exception to "unsafe only in `src/ops`"**: a C API has to read the
-//! caller's raw pointers, so this module holds `unsafe` too. It is confined
-//! to the small helpers [`read_slice`], [`write_out`], [`c_path`] and
-//! [`smarttrim_last_error_message`]'s copy, and to wrapping the caller's
-//! `CUstream`; each block carries a `// SAFETY:` comment stating what the C
-//! caller promises.
+//! **Exception to "unsafe only in `src/ops`"**: a C API has to read and
+//! write the caller's raw pointers, so this module holds `unsafe` too, and
+//! no other module gains any for it. Reads and writes go through the helpers
+//! `read_slice`, `write_out` and `c_path`, plus the array copies of
+//! [`smarttrim_stats`] and [`smarttrim_last_error_message`] and the wrapping
+//! of the caller's `CUstream`; every `unsafe` block carries a `// SAFETY:`
+//! comment naming what the C caller promises. Model handles are never
+//! dereferenced (see below).
 //!
 //! # Conventions
 //!
@@ -502,8 +504,8 @@ pub unsafe extern "C" fn smarttrim_forward(
                 cfg.streams.len()
             )));
         }
-        if batch == 0 {
-            return Err(invalid("batch = 0".into()));
+        if batch == 0 || batch > 65_535 {
+            return Err(invalid(format!("batch = {batch}: must be in 1..=65535")));
         }
         if flags & !(SMARTTRIM_FORWARD_DENSE | SMARTTRIM_FORWARD_UPPER_BOUND) != 0 {
             return Err(invalid(format!("unknown flags {flags:#x}")));

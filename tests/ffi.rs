@@ -381,6 +381,22 @@ fn lifecycle_on_the_gpu_or_no_driver() {
         // Layer 0 keeps every row: [text 5, 3 | image 17, 17].
         assert_eq!(&kept[..4], &[5, 3, 17, 17]);
         assert!(sh.iter().all(|&h| (1..=2).contains(&h)), "{sh:?}");
+        assert_eq!(
+            smarttrim_forward(m, ptr::null_mut(), inputs.as_ptr(), 2, ptr::null(), 0, 0),
+            SmarttrimStatus::InvalidArgument as i32
+        );
+        assert_eq!(
+            smarttrim_forward(
+                m,
+                ptr::null_mut(),
+                inputs.as_ptr(),
+                1,
+                ptr::null(),
+                batch,
+                0
+            ),
+            SmarttrimStatus::InvalidArgument as i32
+        );
         // Bad cu_seqlens are caught before the device.
         let bad_cu = [1i32, 5, 8];
         let bad = [
