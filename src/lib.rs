@@ -12,6 +12,7 @@
 //!   `smarttrim run`'s input and output files.
 //! - [`model`]: the pruned forward pass on the GPU (tested against [`reference`](mod@reference)).
 //! - [`report`]: pictures of a pass (token keep map, FLOPs histogram).
+//! - [`ffi`]: the C API (`include/smarttrim.h`).
 //!
 //! See `README.md` for the command-line tool and `DESIGN.md` for the semantics.
 
@@ -20,6 +21,7 @@
 pub mod device;
 pub mod embed;
 pub mod error;
+pub mod ffi;
 pub mod kernels;
 pub mod model;
 pub mod ops;
