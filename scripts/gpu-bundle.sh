@@ -38,7 +38,9 @@ for line in sys.stdin:
 }
 
 {
-  cargo test --release --no-run --message-format=json-render-diagnostics
+  # shellcheck disable=SC2046
+  cargo test --release --no-run --lib $(printf -- '--test %s ' $GPU_TESTS) \
+    --message-format=json-render-diagnostics
   cargo bench --no-run --message-format=json-render-diagnostics
   cargo build --release --bins --message-format=json-render-diagnostics
 } | collect | sort -u | while IFS=$'\t' read -r name kind exe; do
