@@ -17,7 +17,8 @@ use super::pruner::{head_logits, head_mask, keep_rows, token_scores};
 use crate::spec::flops::{dense_layer_flops, embedding_flops, layer_flops, LayerCounts};
 use crate::spec::{
     CrossAttentionWeights, EmbeddingConfig, EmbeddingWeights, FfnWeights, Flops, LayerNormWeights,
-    LayerWeights, ModelKind, SelfAttentionWeights, SequenceFlops, StreamConfig, Weights,
+    LayerWeights, ModelConfig, ModelKind, SelfAttentionWeights, SequenceFlops, StreamConfig,
+    Weights,
 };
 use crate::{Error, Result};
 
@@ -465,34 +466,32 @@ fn active_per_seq(mask: Option<&[u8]>, batch: usize, heads: usize) -> Vec<i32> {
         .collect()
 }
 
-/// The whole forward pass (DESIGN.md semantics). Inputs are validated first
-/// and every problem is reported in one [`Error::Input`].
-pub fn forward(weights: &Weights, inputs: &Inputs, options: &ForwardOptions) -> Result<Outputs> {
-    let cfg = &weights.config;
-    cfg.validate()?;
+/// Validates every stream's input and the context of a cross encoder against
+/// the config, and embeds them: the packed rows entering the first layer.
+/// Every problem is reported together in one [`Error::Input`]. Shared by the
+/// CPU pass and the GPU pass's host-side preparation.
+pub fn embed_inputs(
+    cfg: &ModelConfig,
+    embeddings: &[&EmbeddingWeights],
+    inputs: &Inputs,
+) -> Result<(Vec<Packed>, Option<Packed>)> {
     let ns = cfg.streams.len();
-    let mut errs = Vec::new();
-    if weights.streams.len() != ns {
-        return Err(Error::Weights(vec![format!(
-            "weights hold {} streams, config {ns}",
-            weights.streams.len()
-        )]));
-    }
-    weights.check()?;
     if inputs.streams.len() != ns {
         return Err(Error::Input(vec![format!(
             "{} stream inputs for a model of {ns} streams",
             inputs.streams.len()
         )]));
     }
+    if embeddings.len() != ns {
+        return Err(Error::Weights(vec![format!(
+            "{} embeddings for a model of {ns} streams",
+            embeddings.len()
+        )]));
+    }
+    let mut errs = Vec::new();
     let mut xs: Vec<Packed> = Vec::new();
-    for ((s, w), inp) in cfg
-        .streams
-        .iter()
-        .zip(&weights.streams)
-        .zip(&inputs.streams)
-    {
-        if let Some(p) = embed(s, &w.embeddings, inp, &mut errs) {
+    for ((s, w), inp) in cfg.streams.iter().zip(embeddings).zip(&inputs.streams) {
+        if let Some(p) = embed(s, w, inp, &mut errs) {
             xs.push(p);
         }
     }
@@ -545,6 +544,25 @@ pub fn forward(weights: &Weights, inputs: &Inputs, options: &ForwardOptions) -> 
     if !errs.is_empty() {
         return Err(Error::Input(errs));
     }
+    Ok((xs, context))
+}
+
+/// The whole forward pass (DESIGN.md semantics). Inputs are validated first
+/// and every problem is reported in one [`Error::Input`].
+pub fn forward(weights: &Weights, inputs: &Inputs, options: &ForwardOptions) -> Result<Outputs> {
+    let cfg = &weights.config;
+    cfg.validate()?;
+    let ns = cfg.streams.len();
+    if weights.streams.len() != ns {
+        return Err(Error::Weights(vec![format!(
+            "weights hold {} streams, config {ns}",
+            weights.streams.len()
+        )]));
+    }
+    weights.check()?;
+    let embeddings: Vec<&EmbeddingWeights> =
+        weights.streams.iter().map(|w| &w.embeddings).collect();
+    let (mut xs, context) = embed_inputs(cfg, &embeddings, inputs)?;
     let batch = xs[0].batch();
     let dense = options.dense;
     let nl = cfg.streams[0].layers.len();
