@@ -577,6 +577,7 @@ pub unsafe extern "C" fn smarttrim_forward(
             } else {
                 SyncPolicy::ReadCounts
             },
+            graph: false,
         };
         let Live {
             model,

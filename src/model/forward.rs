@@ -213,6 +213,12 @@ impl GpuModel {
                 "the workspace was allocated for a different model",
             ));
         }
+        if opts.graph {
+            return Err(Error::Unsupported {
+                op: FWD,
+                message: "CUDA graph capture of the forward pass is not implemented yet".into(),
+            });
+        }
         let prep = prepare_inputs(cfg, &self.embeddings, inputs, Some(&ws.capacity))?;
         let batch = prep.batch;
         let dev = &self.dev;

@@ -92,6 +92,8 @@ pub struct GpuForwardOptions {
     pub dense: bool,
     /// The host synchronisation policy.
     pub sync: SyncPolicy,
+    /// Capture the pass as a CUDA graph (once per input shape) and replay it.
+    pub graph: bool,
 }
 
 /// What happened at one layer of one stream on the GPU.

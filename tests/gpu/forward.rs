@@ -216,7 +216,15 @@ fn run_case(test: &str, case: &Case) {
     let what = format!("{} batch {}", case.name, case.batch);
     for sync in [SyncPolicy::ReadCounts, SyncPolicy::UpperBound] {
         let out = model
-            .forward(&mut ws, &inputs, &GpuForwardOptions { dense: false, sync })
+            .forward(
+                &mut ws,
+                &inputs,
+                &GpuForwardOptions {
+                    dense: false,
+                    sync,
+                    graph: false,
+                },
+            )
             .unwrap_or_else(|e| panic!("{what} {sync:?}: {e}"));
         let want_syncs = match sync {
             SyncPolicy::ReadCounts => 1 + pruning_layers(&w),
@@ -228,7 +236,15 @@ fn run_case(test: &str, case: &Case) {
             eprintln!("{what} {sync:?}: {ties} near tie(s); rows after the tie not compared");
         }
         let dense = model
-            .forward(&mut ws, &inputs, &GpuForwardOptions { dense: true, sync })
+            .forward(
+                &mut ws,
+                &inputs,
+                &GpuForwardOptions {
+                    dense: true,
+                    sync,
+                    graph: false,
+                },
+            )
             .unwrap_or_else(|e| panic!("{what} dense {sync:?}: {e}"));
         assert_eq!(dense.syncs, 1, "{what} dense {sync:?}: syncs");
         assert_eq!(
@@ -378,10 +394,26 @@ fn forward_keep_everything_equals_dense() {
         let mut ws = Workspace::new(&model, cap).unwrap();
         for sync in [SyncPolicy::ReadCounts, SyncPolicy::UpperBound] {
             let p = model
-                .forward(&mut ws, &inputs, &GpuForwardOptions { dense: false, sync })
+                .forward(
+                    &mut ws,
+                    &inputs,
+                    &GpuForwardOptions {
+                        dense: false,
+                        sync,
+                        graph: false,
+                    },
+                )
                 .unwrap();
             let d = model
-                .forward(&mut ws, &inputs, &GpuForwardOptions { dense: true, sync })
+                .forward(
+                    &mut ws,
+                    &inputs,
+                    &GpuForwardOptions {
+                        dense: true,
+                        sync,
+                        graph: false,
+                    },
+                )
                 .unwrap();
             for (ps, ds) in p.streams.iter().zip(&d.streams) {
                 for (l, pl) in ps.layers.iter().enumerate() {
@@ -419,7 +451,11 @@ fn forward_repeated_is_stable() {
     let model = GpuModel::new(&dev, &w).unwrap();
     let mut ws = Workspace::new(&model, cap).unwrap();
     for sync in [SyncPolicy::ReadCounts, SyncPolicy::UpperBound] {
-        let opts = GpuForwardOptions { dense: false, sync };
+        let opts = GpuForwardOptions {
+            dense: false,
+            sync,
+            graph: false,
+        };
         let first = model.forward(&mut ws, &inputs, &opts).unwrap();
         let (free0, _) = dev.context().mem_get_info().unwrap();
         let mut rows_identical = true;
