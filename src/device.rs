@@ -105,6 +105,13 @@ pub struct Device {
     stream: Arc<CudaStream>,
     ownership: StreamOwnership,
     cc: (i32, i32),
+    cache: Arc<ModuleCache>,
+}
+
+/// Loaded modules and functions, shared by every [`Device`] view of one
+/// context ([`Device::on_stream`]) so a module loads once per context.
+#[derive(Default)]
+struct ModuleCache {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
 }
@@ -168,9 +175,57 @@ impl Device {
             stream,
             ownership,
             cc,
-            modules: Mutex::new(HashMap::new()),
-            functions: Mutex::new(HashMap::new()),
+            cache: Arc::new(ModuleCache::default()),
         })
+    }
+
+    /// The same context and module cache with work going to `stream` (a
+    /// stream of this device's context, typically the caller's, borrowed).
+    /// Costs no driver call; modules already loaded stay loaded.
+    pub fn on_stream(&self, stream: Arc<CudaStream>) -> Result<Self> {
+        if !Arc::ptr_eq(stream.context(), &self.ctx) {
+            return Err(Error::invalid(
+                "Device::on_stream",
+                "the stream belongs to a different CUDA context",
+            ));
+        }
+        Ok(Device {
+            ctx: self.ctx.clone(),
+            stream,
+            ownership: StreamOwnership::Borrowed,
+            cc: self.cc,
+            cache: self.cache.clone(),
+        })
+    }
+
+    /// Runs `f` (which allocates device buffers) with cudarc's per-buffer
+    /// event tracking switched off, so the buffers carry no read/write
+    /// events. smarttrim orders all use of its own buffers by stream order
+    /// (and explicit events where it changes streams), and events recorded
+    /// outside a CUDA-graph capture must not be waited on inside one. The
+    /// switch is context-wide while `f` runs: buffers another thread
+    /// allocates on this context meanwhile are untracked too.
+    pub(crate) fn untracked<T>(&self, f: impl FnOnce() -> T) -> T {
+        let was = self.ctx.is_event_tracking();
+        // SAFETY: turning tracking off only stops cudarc from recording
+        // ordering events on buffers created meanwhile; smarttrim orders
+        // every use of those buffers itself (module docs of crate::model).
+        unsafe { self.ctx.disable_event_tracking() };
+        let out = f();
+        if was {
+            // SAFETY: restores the caller's setting.
+            unsafe { self.ctx.enable_event_tracking() };
+        }
+        out
+    }
+
+    /// Whether the stream is being captured into a CUDA graph.
+    pub fn is_capturing(&self) -> Result<bool> {
+        let st = self
+            .stream
+            .capture_status()
+            .map_err(|e| Error::driver("cuStreamIsCapturing", e))?;
+        Ok(st != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
     }
 
     /// The CUDA context.
@@ -239,11 +294,11 @@ impl Device {
     pub fn function(&self, module: &str, name: &str) -> Result<CudaFunction> {
         let src = self.module_source(module)?;
         let key = (src.name, name.to_string());
-        if let Some(f) = lock(&self.functions).get(&key) {
+        if let Some(f) = lock(&self.cache.functions).get(&key) {
             return Ok(f.clone());
         }
         let m = {
-            let mut modules = lock(&self.modules);
+            let mut modules = lock(&self.cache.modules);
             match modules.get(src.name) {
                 Some(m) => m.clone(),
                 None => {
@@ -268,16 +323,17 @@ impl Device {
             module: src.name.to_string(),
             name: name.to_string(),
         })?;
-        lock(&self.functions).insert(key, f.clone());
+        lock(&self.cache.functions).insert(key, f.clone());
         Ok(f)
     }
 
     /// Checks for an asynchronous launch error. In debug builds it also
-    /// synchronizes the stream, so a faulting kernel is reported at its launch
-    /// (`what`) rather than at some later call; release builds only poll the
-    /// context's sticky error state, which costs no wait.
+    /// synchronizes the stream (unless the stream is being captured into a
+    /// CUDA graph, where a wait is illegal), so a faulting kernel is reported
+    /// at its launch (`what`) rather than at some later call; release builds
+    /// only poll the context's sticky error state, which costs no wait.
     pub fn check_launch(&self, what: &str) -> Result<()> {
-        if cfg!(debug_assertions) {
+        if cfg!(debug_assertions) && !self.is_capturing()? {
             self.stream
                 .synchronize()
                 .map_err(|e| Error::driver(format!("after launching {what}"), e))?;

@@ -1,18 +1,20 @@
 //! [`GpuModel::forward`]: the pruned pass on the device, in the reference's
 //! order (module docs of [`crate::model`]).
 
-use cudarc::driver::{CudaSlice, CudaView};
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, CudaView};
 use half::f16;
 
-use super::input::prepare_inputs;
+use super::input::{prepare_inputs, PreparedInputs};
 use super::weights::{DevHeadPruner, DevLayer, DevLinear, DevLn, GpuModel};
-use super::workspace::{StreamWs, Workspace, WorkspaceLayout};
+use super::workspace::{GraphEntry, GraphKey, StreamWs, Workspace, WorkspaceLayout, MAX_GRAPHS};
 use super::{GpuForwardOptions, GpuLayerRecord, GpuOutputs, GpuStreamOutput, SyncPolicy};
 use crate::device::Device;
 use crate::ops::{
     bias_gelu, bias_residual, build_active_heads, compact, cross_attention, first_token,
     head_scores, layer_norm_ext, mean_pool, self_attention, token_scores, AttentionShape, Blas,
-    ColsShape, CompactInputs, CompactOutputs, CompactShape, Epilogue, HeadPrunerDev,
+    BlasWorkspace, ColsShape, CompactInputs, CompactOutputs, CompactShape, Epilogue, HeadPrunerDev,
     HeadScoreOutputs, HeadScoreWorkspace, HeadSelection, KeepRuleDev, LayerNormExtras,
     LayerNormShape, LinearShape, LnDev, OtherStream, PoolOut, PoolShape, PrunerInput,
     TokenPrunerDev, TokenScoreOutputs, TokenScoreWorkspace,
@@ -21,6 +23,111 @@ use crate::reference::model::Inputs;
 use crate::reference::{HeadRecord, Packed};
 use crate::spec::{HeadPrunerConfig, KeepRule, ModelConfig, ModelKind, StreamConfig};
 use crate::{Error, Result};
+
+/// The host's view of a pass's inputs: what sizes its launches (and keys
+/// its CUDA graph).
+#[derive(Debug, Clone)]
+pub(crate) struct PassShape {
+    /// Sequences per stream.
+    pub(crate) batch: usize,
+    /// Per stream: every sequence's length entering the first layer.
+    pub(crate) lengths: Vec<Vec<i32>>,
+    /// A cross encoder's context: sequence lengths and width.
+    pub(crate) context: Option<(Vec<i32>, usize)>,
+}
+
+impl PassShape {
+    fn of(prep: &PreparedInputs) -> Self {
+        PassShape {
+            batch: prep.batch,
+            lengths: prep.streams.iter().map(|p| p.lengths()).collect(),
+            context: prep.context.as_ref().map(|c| (c.lengths(), c.d)),
+        }
+    }
+}
+
+/// The host-side state a pass ends in: where the results are, the row
+/// bounds, which pruners ran, the waits it took. Cached with a captured
+/// graph, whose replays end in the same state.
+#[derive(Debug, Clone)]
+pub(crate) struct PassEnd {
+    cur: Vec<Cur>,
+    /// Per stream: the `x` buffer holding the final rows.
+    fin: Vec<usize>,
+    /// `[layer][stream]` -> (token pruner, self head pruner, cross head
+    /// pruner) ran.
+    ran: Vec<Vec<[bool; 3]>>,
+    /// Blocking host waits inside the pass.
+    syncs: usize,
+}
+
+/// Uploads the embedded inputs (f16 rows, `orig_index`, `cu_seqlens`, the
+/// context) into the first buffers of `ws`, on `dev`'s stream.
+fn upload(dev: &Device, ws: &mut Workspace, prep: &PreparedInputs) -> Result<()> {
+    let stream = dev.stream();
+    for (p, w) in prep.streams.iter().zip(ws.streams.iter_mut()) {
+        let rows16: Vec<f16> = p.rows.iter().map(|&v| f16::from_f32(v)).collect();
+        if !rows16.is_empty() {
+            stream
+                .memcpy_htod(&rows16, &mut w.x[0])
+                .map_err(drv("uploading input rows"))?;
+            stream
+                .memcpy_htod(&p.orig_index, &mut w.orig[0])
+                .map_err(drv("uploading orig_index"))?;
+        }
+        stream
+            .memcpy_htod(&p.cu_seqlens, &mut w.cu[0])
+            .map_err(drv("uploading cu_seqlens"))?;
+    }
+    if let Some(c) = &prep.context {
+        let rows16: Vec<f16> = c.rows.iter().map(|&v| f16::from_f32(v)).collect();
+        if !rows16.is_empty() {
+            stream
+                .memcpy_htod(&rows16, &mut ws.context_rows)
+                .map_err(drv("uploading the context rows"))?;
+        }
+        stream
+            .memcpy_htod(&c.cu_seqlens, &mut ws.context_cu)
+            .map_err(drv("uploading the context cu_seqlens"))?;
+    }
+    Ok(())
+}
+
+/// Updates the host's view of stream rows after a token pruner with `rule`
+/// compacted them: exact counts when the sequence lengths are known and the
+/// rule is the budget rule (`k = max(1, ceil(rho n))` per sequence, the
+/// same f32 arithmetic as the kernel), otherwise bounds (a budget step on
+/// unknown lengths keeps at most `ceil(rho n) + 1` rows of each sequence,
+/// the `+ 1` covering f32 rounding in `ceil`; a threshold step may keep
+/// all). Returns whether the counts are exact.
+fn after_pruning(
+    cur: &mut Cur,
+    known: &mut Option<Vec<i32>>,
+    rule: &KeepRule,
+    batch: usize,
+) -> bool {
+    match (rule, known.take()) {
+        (KeepRule::Budget { .. }, Some(lens)) => {
+            let new: Vec<i32> = lens
+                .iter()
+                .map(|&n| rule.budget(n.max(0) as usize) as i32)
+                .collect();
+            cur.rows = new.iter().map(|&n| n as usize).sum();
+            cur.max_len = new.iter().copied().max().unwrap_or(0).max(0) as usize;
+            *known = Some(new);
+            true
+        }
+        (KeepRule::Budget { rho }, None) => {
+            let bound = |n: usize, extra: usize| {
+                ((f64::from(*rho) * n as f64).ceil() as usize).saturating_add(extra)
+            };
+            cur.rows = cur.rows.min(bound(cur.rows, 2 * batch));
+            cur.max_len = cur.max_len.min(bound(cur.max_len, 2));
+            false
+        }
+        (KeepRule::Threshold { .. }, _) => false,
+    }
+}
 
 /// Where a stream stands: which ping-pong buffers are current, and the host's
 /// row count sizing the launches.
@@ -113,10 +220,17 @@ fn drv(what: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error 
     move |e| Error::driver(what, e)
 }
 
+/// The cuBLASLt handle with the stream and workspace of this pass.
+struct Lin<'a> {
+    blas: &'a Blas,
+    dev: &'a Device,
+    lt: &'a BlasWorkspace,
+}
+
 /// `y = x W^T (+ b)` on the first `rows` rows.
 #[allow(clippy::too_many_arguments)]
 fn linear(
-    blas: &Blas,
+    blas: &Lin<'_>,
     rows: usize,
     k: usize,
     n: usize,
@@ -126,7 +240,9 @@ fn linear(
     y: &mut CudaSlice<f16>,
 ) -> Result<()> {
     let b = l.b.as_view();
-    blas.linear(
+    blas.blas.linear_on(
+        blas.dev,
+        blas.lt,
         LinearShape { rows, k, n },
         &x.as_view(),
         &l.w.as_view(),
@@ -194,13 +310,35 @@ fn head_off(l: usize, m: usize, bh: usize) -> usize {
 
 impl GpuModel {
     /// Runs the forward pass (DESIGN.md semantics, the reference's order) on
-    /// `inputs` with the buffers of `ws`; see [`crate::model`] for what runs
-    /// where and for the sync policies. Inputs are validated and embedded on
-    /// the host before any device work ([`prepare_inputs`]); a workspace made
-    /// for another model or too small for the inputs is an
-    /// [`Error::InvalidArgument`].
+    /// `inputs` with the buffers of `ws`, on the model's stream; see
+    /// [`GpuModel::forward_on`].
     pub fn forward(
         &self,
+        ws: &mut Workspace,
+        inputs: &Inputs,
+        opts: &GpuForwardOptions,
+    ) -> Result<GpuOutputs> {
+        self.forward_on(self.dev.stream(), ws, inputs, opts)
+    }
+
+    /// Runs the forward pass on `stream` (any stream of the model's context,
+    /// e.g. the caller's, borrowed with `CudaContext::wrap_borrowed_stream`):
+    /// every upload, launch and copy of the pass is enqueued there, ordered
+    /// after the work already on it, and the call returns once the results
+    /// are on the host (one wait on `stream` at the end; see
+    /// [`crate::model`] for what runs where and the sync policies).
+    ///
+    /// Inputs are validated and embedded on the host before any device work
+    /// ([`prepare_inputs`]); a workspace made for another model or too small
+    /// for the inputs is an [`Error::InvalidArgument`], and so is
+    /// `opts.graph` with a pass that must wait inside
+    /// ([`GpuModel::graph_capturable`]). A workspace must not be used by two
+    /// passes at once (the `&mut` enforces it within one process thread; a
+    /// caller switching streams between passes needs no extra ordering,
+    /// because every pass ends with its stream idle).
+    pub fn forward_on(
+        &self,
+        stream: &Arc<CudaStream>,
         ws: &mut Workspace,
         inputs: &Inputs,
         opts: &GpuForwardOptions,
@@ -213,15 +351,122 @@ impl GpuModel {
                 "the workspace was allocated for a different model",
             ));
         }
-        if opts.graph {
-            return Err(Error::Unsupported {
-                op: FWD,
-                message: "CUDA graph capture of the forward pass is not implemented yet".into(),
-            });
+        if opts.graph && !self.graph_capturable(opts) {
+            return Err(Error::invalid(
+                FWD,
+                "graph capture needs a pass without host waits: use SyncPolicy::UpperBound, \
+                 or budget-rule token pruners only (SyncPolicy::ReadCounts waits for the row \
+                 counts of threshold-rule pruners)",
+            ));
         }
         let prep = prepare_inputs(cfg, &self.embeddings, inputs, Some(&ws.capacity))?;
-        let batch = prep.batch;
-        let dev = &self.dev;
+        let dev = self.dev.on_stream(stream.clone())?;
+        let shape = PassShape::of(&prep);
+        upload(&dev, ws, &prep)?;
+        let end = if opts.graph {
+            self.run_graph(&dev, ws, &shape, opts)?
+        } else {
+            self.enqueue(&dev, ws, &shape, opts)?
+        };
+        self.readback(&dev, ws, &shape, &end, opts)
+    }
+
+    /// Whether a pass under `opts` has no blocking host wait inside, so it
+    /// can be captured as a CUDA graph: always in dense mode or under
+    /// [`SyncPolicy::UpperBound`]; under [`SyncPolicy::ReadCounts`] only
+    /// when every token pruner uses the budget rule (whose row counts the
+    /// host computes from the input lengths).
+    pub fn graph_capturable(&self, opts: &GpuForwardOptions) -> bool {
+        opts.dense
+            || opts.sync == SyncPolicy::UpperBound
+            || !self.config.streams.iter().any(|s| {
+                s.layers.iter().any(|l| {
+                    matches!(
+                        l.token_pruner.as_ref().map(|t| &t.rule),
+                        Some(KeepRule::Threshold { .. })
+                    )
+                })
+            })
+    }
+
+    /// Replays the workspace's graph for this shape, or (first pass of a
+    /// shape) runs the pass eagerly and then captures the same launches.
+    /// The eager run loads every kernel module and cuBLASLt kernel the pass
+    /// needs, which must not happen inside a capture, and gives this call's
+    /// results; the capture itself executes nothing.
+    fn run_graph(
+        &self,
+        dev: &Device,
+        ws: &mut Workspace,
+        shape: &PassShape,
+        opts: &GpuForwardOptions,
+    ) -> Result<PassEnd> {
+        let key = GraphKey {
+            model: self.id,
+            dense: opts.dense,
+            sync: opts.sync,
+            lengths: shape.lengths.clone(),
+            context: shape.context.as_ref().map(|(l, _)| l.clone()),
+        };
+        if let Some(i) = ws.graphs.iter().position(|(k, _)| *k == key) {
+            let entry = ws.graphs.remove(i);
+            // SAFETY: the executable graph is live (owned by `entry`); it was
+            // captured from this model's launches on this workspace's buffers
+            // (the key names the model), all of which are alive, and the
+            // inputs it reads were uploaded to the same buffers just before.
+            let launched = unsafe {
+                cudarc::driver::result::graph::launch(
+                    entry.1.graph.cu_graph_exec(),
+                    dev.stream().cu_stream(),
+                )
+            };
+            let end = entry.1.end.clone();
+            ws.graphs.push(entry);
+            launched.map_err(drv("launching the captured forward pass"))?;
+            return Ok(end);
+        }
+        let end = self.enqueue(dev, ws, shape, opts)?;
+        let stream = dev.stream();
+        stream
+            .begin_capture(
+                cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            )
+            .map_err(drv("beginning the graph capture"))?;
+        let captured = self.enqueue(dev, ws, shape, opts);
+        // Always end the capture, so the stream is usable again whatever
+        // happened inside.
+        let graph = stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+        let captured_end = captured?;
+        let graph = graph
+            .map_err(drv("ending the graph capture"))?
+            .ok_or_else(|| Error::invalid("GpuModel::forward", "the capture recorded no work"))?;
+        if ws.graphs.len() >= MAX_GRAPHS {
+            ws.graphs.remove(0);
+        }
+        ws.graphs.push((
+            key,
+            GraphEntry {
+                graph,
+                end: captured_end,
+            },
+        ));
+        Ok(end)
+    }
+
+    /// Enqueues the pass on `dev`'s stream, from the inputs already in
+    /// `x[0]`, `cu_seqlens[0]`, `orig_index[0]` (and the context buffers) to
+    /// the final rows and pooled outputs. Blocks only under
+    /// [`SyncPolicy::ReadCounts`] after threshold-rule pruning.
+    fn enqueue(
+        &self,
+        dev: &Device,
+        ws: &mut Workspace,
+        shape: &PassShape,
+        opts: &GpuForwardOptions,
+    ) -> Result<PassEnd> {
+        const FWD: &str = "GpuModel::forward";
+        let cfg = &self.config;
+        let batch = shape.batch;
         let stream = dev.stream();
         let ns = cfg.streams.len();
         let nl = cfg.streams[0].layers.len();
@@ -235,51 +480,31 @@ impl GpuModel {
             context_cu,
             totals,
             stats,
+            blas: lt,
             ..
         } = ws;
+        let lt: &BlasWorkspace = lt;
 
-        // Inputs: embedded on the host, uploaded as f16 before any work of
-        // this pass is enqueued.
-        let mut cur = Vec::with_capacity(ns);
-        for (s, p) in prep.streams.iter().enumerate() {
-            let w = &mut sws[s];
-            let rows16: Vec<f16> = p.rows.iter().map(|&v| f16::from_f32(v)).collect();
-            if !rows16.is_empty() {
-                stream
-                    .memcpy_htod(&rows16, &mut w.x[0])
-                    .map_err(drv("uploading input rows"))?;
-                stream
-                    .memcpy_htod(&p.orig_index, &mut w.orig[0])
-                    .map_err(drv("uploading orig_index"))?;
-            }
-            stream
-                .memcpy_htod(&p.cu_seqlens, &mut w.cu[0])
-                .map_err(drv("uploading cu_seqlens"))?;
-            cur.push(Cur {
+        let mut cur: Vec<Cur> = shape
+            .lengths
+            .iter()
+            .map(|l| Cur {
                 x: 0,
                 c: 0,
-                rows: p.total(),
-                max_len: prep.max_seqlen(s),
-            });
-        }
-        let ctx_info = match &prep.context {
-            Some(c) => {
-                let rows16: Vec<f16> = c.rows.iter().map(|&v| f16::from_f32(v)).collect();
-                if !rows16.is_empty() {
-                    stream
-                        .memcpy_htod(&rows16, context_rows)
-                        .map_err(drv("uploading the context rows"))?;
-                }
-                stream
-                    .memcpy_htod(&c.cu_seqlens, context_cu)
-                    .map_err(drv("uploading the context cu_seqlens"))?;
-                let ms = c.lengths().into_iter().max().unwrap_or(0).max(0) as usize;
-                Some((c.total(), ms, c.d))
-            }
-            None => None,
-        };
-        // The all-heads active lists (enqueued after every upload, so the
-        // uploads above wait on no work of this pass).
+                rows: l.iter().map(|&n| n.max(0) as usize).sum(),
+                max_len: l.iter().copied().max().unwrap_or(0).max(0) as usize,
+            })
+            .collect();
+        // Per stream: every sequence's current length, while the host knows it.
+        let mut known: Vec<Option<Vec<i32>>> = shape.lengths.iter().cloned().map(Some).collect();
+        let ctx_info = shape.context.as_ref().map(|(l, d)| {
+            (
+                l.iter().map(|&n| n.max(0) as usize).sum::<usize>(),
+                l.iter().copied().max().unwrap_or(0).max(0) as usize,
+                *d,
+            )
+        });
+        // The all-heads active lists.
         for (s, w) in sws.iter_mut().enumerate() {
             let h = cfg.streams[s].heads;
             build_active_heads(
@@ -366,13 +591,14 @@ impl GpuModel {
                     },
                 )?;
             }
-            // 2. Every pruned stream is compacted.
-            let mut any = false;
+            // 2. Every pruned stream is compacted; the host updates its row
+            //    counts where it can know them (budget rule on known
+            //    lengths) and its bounds elsewhere.
+            let mut unknown = Vec::new();
             for s in 0..ns {
                 if !ran[l][s][0] {
                     continue;
                 }
-                any = true;
                 let sc = &cfg.streams[s];
                 let Some(tc) = &sc.layers[l].token_pruner else {
                     continue;
@@ -424,31 +650,32 @@ impl GpuModel {
                 )?;
                 cur[s].x ^= 1;
                 cur[s].c ^= 1;
+                if !after_pruning(&mut cur[s], &mut known[s], &tc.rule, batch) {
+                    unknown.push(s);
+                }
             }
-            if any && read_counts {
-                // Policy (a): one small copy and one wait for all streams
-                // compacted at this layer.
+            if !unknown.is_empty() && read_counts {
+                // Policy (a): one small copy and one wait for the streams
+                // whose new row counts the host cannot know (threshold rule).
                 let mut host = vec![0i32; ns];
                 stream
                     .memcpy_dtoh(&totals.slice(0..ns), &mut host)
                     .map_err(drv("reading the row counts"))?;
                 dev.synchronize()?;
                 syncs += 1;
-                for s in 0..ns {
-                    if ran[l][s][0] {
-                        let n = host[s];
-                        if n < 0 || n as usize > cur[s].rows {
-                            return Err(Error::invalid(
-                                FWD,
-                                format!(
-                                    "the device reports {n} rows after compaction, more than \
-                                     the {} that entered",
-                                    cur[s].rows
-                                ),
-                            ));
-                        }
-                        cur[s].rows = n as usize;
+                for &s in &unknown {
+                    let n = host[s];
+                    if n < 0 || n as usize > cur[s].rows {
+                        return Err(Error::invalid(
+                            FWD,
+                            format!(
+                                "the device reports {n} rows after compaction, more than \
+                                 the {} that entered",
+                                cur[s].rows
+                            ),
+                        ));
                     }
+                    cur[s].rows = n as usize;
                 }
             }
             // 3. Head pruners on the compacted rows; 4. the layer.
@@ -494,7 +721,7 @@ impl GpuModel {
                     ran[l][s][1 + m] = true;
                     heads[m] = Heads::Pruned(off);
                 }
-                self.run_layer(sc, lw, w, other.as_ref(), c, batch, heads)?;
+                self.run_layer(dev, lt, sc, lw, w, other.as_ref(), c, batch, heads)?;
             }
             for c in cur.iter_mut() {
                 c.x ^= 1;
@@ -531,9 +758,37 @@ impl GpuModel {
             )?;
         }
 
+        Ok(PassEnd {
+            cur,
+            fin,
+            ran,
+            syncs,
+        })
+    }
+
+    /// Waits for the pass and copies its results to the host.
+    fn readback(
+        &self,
+        dev: &Device,
+        ws: &mut Workspace,
+        shape: &PassShape,
+        end: &PassEnd,
+        opts: &GpuForwardOptions,
+    ) -> Result<GpuOutputs> {
+        const FWD: &str = "GpuModel::forward";
+        let cfg = &self.config;
+        let batch = shape.batch;
+        let stream = dev.stream();
+        let ns = cfg.streams.len();
+        let nl = cfg.streams[0].layers.len();
+        let PassEnd { cur, fin, ran, .. } = end;
+        let Workspace {
+            streams: sws,
+            stats,
+            ..
+        } = ws;
         // The one wait at the end, then copies from the idle stream.
         dev.synchronize()?;
-        syncs += 1;
         let stats_h: Vec<i32> = stream
             .clone_dtoh(&stats.slice(0..nl * ns * 3 * batch))
             .map_err(drv("reading the statistics"))?;
@@ -602,7 +857,7 @@ impl GpuModel {
             } else {
                 (Vec::new(), Vec::new())
             };
-            let mut lengths = prep.streams[s].lengths();
+            let mut lengths = shape.lengths[s].clone();
             let has_cross = self.streams[s].layers.iter().any(|l| l.cross.is_some());
             let mut layers = Vec::with_capacity(nl);
             for (l, ran_l) in ran.iter().enumerate() {
@@ -664,8 +919,9 @@ impl GpuModel {
         }
         Ok(GpuOutputs {
             streams: outs,
-            syncs,
+            syncs: end.syncs,
             policy: opts.sync,
+            graph: opts.graph,
         })
     }
 
@@ -676,6 +932,8 @@ impl GpuModel {
     #[allow(clippy::too_many_arguments)]
     fn run_layer(
         &self,
+        dev: &Device,
+        lt: &BlasWorkspace,
         sc: &StreamConfig,
         lw: &DevLayer,
         w: &mut StreamWs,
@@ -684,8 +942,12 @@ impl GpuModel {
         batch: usize,
         heads: [Heads; 2],
     ) -> Result<()> {
-        let dev = &self.dev;
-        let blas = &self.blas;
+        let blas = Lin {
+            blas: &self.blas,
+            dev,
+            lt,
+        };
+        let blas = &blas;
         let (d, hd, eps, f) = (sc.hidden, sc.heads, sc.ln_eps, sc.ffn);
         let dh = d / hd;
         let n = c.rows;

@@ -30,28 +30,55 @@
 //!   accumulate in device buffers and come back after the one wait at the
 //!   end of the pass.
 //!
-//! # Host synchronisation ([`SyncPolicy`])
+//! # Host synchronisation ([`SyncPolicy`]) and CUDA graphs
+//!
+//! The host sizes every launch by a row count. Where the host can *know*
+//! the count it uses it, under every policy: the input lengths, and after a
+//! budget-rule token pruner `k = max(1, ceil(rho n))` per sequence (the
+//! same f32 arithmetic as the kernel), so passes whose pruners all use the
+//! budget rule run exact-size GEMMs with no wait at all. Threshold-rule
+//! pruners keep a data-dependent number of rows; there the policy decides:
 //!
 //! - [`SyncPolicy::ReadCounts`] (DESIGN.md policy a): after the compaction
-//!   step of a layer, the new total row counts of the streams compacted at
-//!   that layer are copied to the host (one small copy, one wait per pruning
-//!   layer, however many streams were pruned there), and later launches are
-//!   sized by the true counts.
-//! - [`SyncPolicy::UpperBound`] (policy b, without the one-step lag): every
-//!   launch is sized by the host-side unpruned upper bound; every kernel is
-//!   given the device row count (`cu_seqlens[batch]`) or reads `cu_seqlens`,
-//!   so rows past the true count are ignored; the GEMMs compute those stale
-//!   rows and nobody reads them. No wait inside the pass.
+//!   step of such a layer, the new total row counts are copied to the host
+//!   (one small copy, one wait per such layer, however many streams were
+//!   pruned there), and later launches are sized by the true counts.
+//! - [`SyncPolicy::UpperBound`] (policy b, without the one-step lag): the
+//!   host keeps sizing launches by its bound (the rows before the step);
+//!   every kernel is given the device row count (`cu_seqlens[batch]`) or
+//!   reads `cu_seqlens`, so rows past the true count are ignored; the GEMMs
+//!   compute those stale rows and nobody reads them. No wait inside the pass.
 //!
-//! [`GpuOutputs::syncs`] counts every blocking host wait of the pass: under
-//! `ReadCounts` one per layer at which some token pruner ran, plus one at the
-//! end; under `UpperBound` (and in dense mode under either policy) just the
-//! one at the end. The end-of-pass readback is one stream synchronisation
-//! followed by several device-to-host copies from the then idle stream; the
-//! copies are not counted separately. Debug builds additionally synchronise
-//! after every launch inside [`crate::device::Device::check_launch`]; those
+//! [`GpuOutputs::syncs`] counts the blocking host waits *inside* the pass
+//! (before its last launch is enqueued): under `ReadCounts` one per layer
+//! at which a threshold-rule token pruner ran, otherwise zero. Every pass
+//! then waits once more, at the end, to copy its results to the host; that
+//! wait is the result fetch and is not counted. Debug builds additionally
+//! synchronise after every launch inside
+//! [`crate::device::Device::check_launch`] (except while capturing); those
 //! are a debugging aid, not part of the pass, and not counted.
-//! Policy (c) (graph capture) is not implemented.
+//!
+//! With [`GpuForwardOptions::graph`], a pass without inner waits
+//! ([`GpuModel::graph_capturable`]: dense, `UpperBound`, or budget-rule
+//! pruners only) is captured as a CUDA graph the first time a shape (every
+//! sequence length) is seen — after running it once eagerly, which loads
+//! every kernel and gives that call's results — and replayed with one
+//! launch afterwards. Graphs are cached in the [`Workspace`] (at most
+//! [`MAX_GRAPHS`], least recently used dropped first), keyed by the model
+//! (a graph holds its weight pointers), the mode and the lengths. Policy
+//! (c) of DESIGN.md (GEMMs reading `M` from device memory, so threshold
+//! pruning saves GEMM work without a wait) is not implemented: cuBLASLt
+//! takes `M` from the host.
+//!
+//! # Streams and buffer ordering
+//!
+//! [`GpuModel::forward_on`] enqueues a pass on any stream of the model's
+//! context (the caller's, borrowed); [`GpuModel::forward`] uses the model's
+//! own. Weights and workspace buffers are allocated without cudarc's
+//! per-buffer events (they could not be waited on inside a graph capture):
+//! the weights are complete when [`GpuModel::new`] returns and only read
+//! afterwards, and a pass leaves its stream idle when it returns, so passes
+//! on different streams need no further ordering.
 //!
 //! # Supported models
 //!
@@ -69,7 +96,7 @@ mod workspace;
 
 pub use input::{prepare_inputs, PreparedInputs};
 pub use weights::{check_supported, gpu_variant, GpuModel};
-pub use workspace::{Capacity, StreamLayout, Workspace, WorkspaceLayout};
+pub use workspace::{Capacity, StreamLayout, Workspace, WorkspaceLayout, MAX_GRAPHS};
 
 use crate::reference::{HeadRecord, Packed};
 
@@ -92,7 +119,9 @@ pub struct GpuForwardOptions {
     pub dense: bool,
     /// The host synchronisation policy.
     pub sync: SyncPolicy,
-    /// Capture the pass as a CUDA graph (once per input shape) and replay it.
+    /// Capture the pass as a CUDA graph (once per input shape) and replay it
+    /// (module docs); needs a pass without inner waits
+    /// ([`GpuModel::graph_capturable`]).
     pub graph: bool,
 }
 
@@ -138,10 +167,13 @@ pub struct GpuStreamOutput {
 pub struct GpuOutputs {
     /// One per config stream.
     pub streams: Vec<GpuStreamOutput>,
-    /// Blocking host waits in this pass (see the module docs).
+    /// Blocking host waits inside this pass, not counting the one that
+    /// fetches the results (module docs).
     pub syncs: usize,
     /// The policy the pass ran under.
     pub policy: SyncPolicy,
+    /// Whether the pass ran as a CUDA graph (captured now or replayed).
+    pub graph: bool,
 }
 
 impl GpuOutputs {

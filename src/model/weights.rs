@@ -225,6 +225,9 @@ impl Uploader<'_> {
 /// (uploaded once), its host-side embedding weights (embeddings run on the
 /// host, see [`crate::model`]), and a cuBLASLt handle on the device's stream.
 pub struct GpuModel {
+    /// Unique per model built in this process (keys the CUDA graphs a
+    /// workspace caches, which hold this model's weight pointers).
+    pub(crate) id: u64,
     pub(crate) dev: Device,
     pub(crate) blas: Blas,
     pub(crate) config: ModelConfig,
@@ -259,7 +262,19 @@ impl GpuModel {
         }
         weights.check()?;
         check_supported(cfg)?;
-        let dev = Device::with_stream(dev.stream().clone())?;
+        let dev = dev.on_stream(dev.stream().clone())?;
+        // Weights carry no cudarc ordering events: they are written once here
+        // (completed before `new` returns) and only read afterwards, from any
+        // stream and inside CUDA-graph captures.
+        let probe = dev.on_stream(dev.stream().clone())?;
+        probe.untracked(|| upload_model(dev, weights, cfg))
+    }
+}
+
+static NEXT_MODEL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn upload_model(dev: Device, weights: &Weights, cfg: &ModelConfig) -> Result<GpuModel> {
+    {
         let blas = Blas::new(&dev)?;
         let mut up = Uploader {
             stream: dev.stream(),
@@ -301,7 +316,11 @@ impl GpuModel {
             });
         }
         let weight_bytes = up.bytes;
+        // The uploads are asynchronous from pageable memory; wait once so a
+        // pass on another stream never reads a weight still in flight.
+        dev.synchronize()?;
         Ok(GpuModel {
+            id: NEXT_MODEL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             blas,
             config: cfg.clone(),
             embeddings: weights
@@ -314,7 +333,9 @@ impl GpuModel {
             dev,
         })
     }
+}
 
+impl GpuModel {
     /// The model's config.
     pub fn config(&self) -> &ModelConfig {
         &self.config

@@ -9,6 +9,7 @@ use half::f16;
 use super::input::PreparedInputs;
 use super::weights::GpuModel;
 use crate::ops::compact::BUDGET_MAX_ROWS;
+use crate::ops::BlasWorkspace;
 use crate::spec::{KeepRule, ModelConfig, ModelKind};
 use crate::{Error, Result};
 
@@ -362,6 +363,49 @@ pub struct Workspace {
     pub(crate) context_cu: CudaSlice<i32>,
     pub(crate) totals: CudaSlice<i32>,
     pub(crate) stats: CudaSlice<i32>,
+    pub(crate) blas: BlasWorkspace,
+    /// Captured passes, most recently used last (see [`crate::model`]).
+    pub(crate) graphs: Vec<(GraphKey, GraphEntry)>,
+}
+
+/// At most this many captured graphs are kept per workspace; the least
+/// recently used one goes first.
+pub const MAX_GRAPHS: usize = 16;
+
+/// What a captured pass depends on besides buffer contents: the model (its
+/// weight pointers), the mode and every sequence length (launch sizes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GraphKey {
+    pub(crate) model: u64,
+    pub(crate) dense: bool,
+    pub(crate) sync: super::SyncPolicy,
+    pub(crate) lengths: Vec<Vec<i32>>,
+    pub(crate) context: Option<Vec<i32>>,
+}
+
+/// A captured pass and the host-side state it ends in (which buffers hold
+/// the results, row bounds, which pruners ran).
+pub(crate) struct GraphEntry {
+    pub(crate) graph: cudarc::driver::CudaGraph,
+    pub(crate) end: super::forward::PassEnd,
+}
+
+// SAFETY: CUDA graph objects may be used from any thread as long as calls on
+// one graph are serialised (CUDA driver docs, "Graph object thread safety");
+// a `GraphEntry` lives in a `Workspace`, which passes use through `&mut`, so
+// one thread at a time touches it. It is deliberately not `Sync`.
+unsafe impl Send for GraphEntry {}
+
+impl Workspace {
+    /// Number of CUDA graphs currently cached.
+    pub fn cached_graphs(&self) -> usize {
+        self.graphs.len()
+    }
+
+    /// Drops every cached CUDA graph (they are re-captured on demand).
+    pub fn clear_graphs(&mut self) {
+        self.graphs.clear();
+    }
 }
 
 impl std::fmt::Debug for Workspace {
@@ -384,8 +428,18 @@ fn zeros<T: DeviceRepr + ValidAsZeroBits>(
 }
 
 impl Workspace {
-    /// Allocates the buffers of [`WorkspaceLayout::new`] on the model's device.
+    /// Allocates the buffers of [`WorkspaceLayout::new`] (plus a cuBLASLt
+    /// workspace) on the model's device. The buffers carry no cudarc
+    /// ordering events (passes order their use by stream order; see
+    /// [`crate::model`]); the zero fill is complete when this returns.
     pub fn new(model: &GpuModel, capacity: Capacity) -> Result<Self> {
+        let dev = model.device();
+        let ws = dev.untracked(|| Self::alloc(model, capacity))?;
+        dev.synchronize()?;
+        Ok(ws)
+    }
+
+    fn alloc(model: &GpuModel, capacity: Capacity) -> Result<Self> {
         let layout = WorkspaceLayout::new(model.config(), &capacity)?;
         let stream = model.device().stream();
         let b = layout.max_batch;
@@ -456,6 +510,8 @@ impl Workspace {
             context_cu,
             totals,
             stats,
+            blas: BlasWorkspace::new(model.device())?,
+            graphs: Vec::new(),
         })
     }
 

@@ -14,8 +14,13 @@
 //! says so in its name, and the exact path is [`Epilogue::Bias`] followed by
 //! the erf GELU kernel.
 
-use cudarc::cublaslt::{Activation, CudaBlasLT, Matmul, MatmulConfig};
-use cudarc::driver::{CudaView, DevicePtrMut};
+use std::sync::Arc;
+
+use cudarc::cublaslt::{
+    sys as lt_sys, Activation, CudaBlasLT, Matmul, MatmulConfig, MatmulShared,
+    Workspace as LtWorkspace,
+};
+use cudarc::driver::{CudaStream, CudaView, DevicePtrMut};
 use half::f16;
 
 use super::check_len;
@@ -86,9 +91,60 @@ impl LinearShape {
     }
 }
 
-/// A cuBLASLt handle bound to a device's stream.
+/// A cuBLASLt handle with a default stream (the device's it was created
+/// on) and workspace. [`Blas::linear`] runs on those; [`Blas::linear_on`]
+/// runs on any stream of the context with a caller-held [`BlasWorkspace`]
+/// (cuBLASLt handles are not tied to a stream, but two calls running at once
+/// must not share a workspace).
 pub struct Blas {
     lt: CudaBlasLT,
+}
+
+/// A cuBLASLt workspace (32 MiB on Hopper, 4 MiB before), for
+/// [`Blas::linear_on`]. Allocated without cudarc's event tracking, so it may
+/// be used inside a CUDA-graph capture; its user orders access by stream.
+#[derive(Debug, Clone)]
+pub struct BlasWorkspace {
+    ws: LtWorkspace,
+}
+
+impl BlasWorkspace {
+    /// Allocates a workspace on `dev`'s context.
+    pub fn new(dev: &Device) -> Result<Self> {
+        let ws = dev
+            .untracked(|| LtWorkspace::new(dev.stream().clone()))
+            .map_err(|e| Error::driver("allocating the cuBLASLt workspace", e))?;
+        Ok(BlasWorkspace { ws })
+    }
+}
+
+/// One call's view of the handle: the stream and workspace it runs with.
+struct LtCall<'a> {
+    handle: &'a lt_sys::cublasLtHandle_t,
+    ws: &'a LtWorkspace,
+    stream: &'a Arc<CudaStream>,
+}
+
+impl MatmulShared for LtCall<'_> {
+    fn handle(&self) -> &lt_sys::cublasLtHandle_t {
+        self.handle
+    }
+    fn workspace(&self) -> &LtWorkspace {
+        self.ws
+    }
+    fn stream(&self) -> &Arc<CudaStream> {
+        self.stream
+    }
+}
+
+impl Matmul<f16> for LtCall<'_> {
+    fn matrix_type() -> lt_sys::cudaDataType {
+        lt_sys::cudaDataType_t::CUDA_R_16F
+    }
+    fn compute_type() -> lt_sys::cublasComputeType_t {
+        // f16 operands, f32 accumulation (as cudarc's own f16 matmul).
+        lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+    }
 }
 
 impl std::fmt::Debug for Blas {
@@ -100,10 +156,13 @@ impl std::fmt::Debug for Blas {
 impl Blas {
     /// Creates a cuBLASLt handle (and its workspace) on `dev`'s stream.
     pub fn new(dev: &Device) -> Result<Self> {
-        let lt = CudaBlasLT::new(dev.stream().clone()).map_err(|e| Error::Blas {
-            context: "creating the cuBLASLt handle (is libcublasLt on the library path?)".into(),
-            message: format!("{e:?}"),
-        })?;
+        let lt = dev
+            .untracked(|| CudaBlasLT::new(dev.stream().clone()))
+            .map_err(|e| Error::Blas {
+                context: "creating the cuBLASLt handle (is libcublasLt on the library path?)"
+                    .into(),
+                message: format!("{e:?}"),
+            })?;
         Ok(Blas { lt })
     }
 
@@ -120,49 +179,88 @@ impl Blas {
         epilogue: Epilogue,
         y: &mut Y,
     ) -> Result<()> {
-        shape.validate(x.len(), w.len(), bias.map(|b| b.len()), y.len())?;
-        match (epilogue, bias.is_some()) {
-            (Epilogue::None, true) => {
-                return Err(Error::invalid(OP, "a bias was given with Epilogue::None"))
-            }
-            (Epilogue::Bias | Epilogue::BiasGeluTanh, false) => {
-                return Err(Error::invalid(OP, "the bias epilogues need a bias"))
-            }
-            _ => {}
-        }
-        if shape.rows == 0 {
-            return Ok(());
-        }
-        let LinearShape { rows, k, n } = shape;
-        let cfg = MatmulConfig {
-            transa: true,
-            transb: false,
-            transc: false,
-            m: n as u64,
-            n: rows as u64,
-            k: k as u64,
-            alpha: 1.0,
-            lda: k as i64,
-            ldb: k as i64,
-            beta: 0.0,
-            ldc: n as i64,
-            stride_a: None,
-            stride_b: None,
-            stride_c: None,
-            stride_bias: None,
-            batch_size: None,
+        let call = LtCall {
+            handle: self.lt.handle(),
+            ws: self.lt.workspace(),
+            stream: self.lt.stream(),
         };
-        let act = match epilogue {
-            Epilogue::BiasGeluTanh => Some(Activation::Gelu),
-            _ => None,
-        };
-        // SAFETY: the configuration describes exactly the buffers validated
-        // above (W: n*k, x: rows*k, y: rows*n, bias: n elements, all f16 views
-        // of live allocations); cudarc records the stream-ordering events of
-        // each view for the call.
-        unsafe { self.lt.matmul(cfg, w, x, y, bias, act.as_ref()) }.map_err(|e| Error::Blas {
-            context: format!("linear rows={rows} k={k} n={n} {epilogue:?}"),
-            message: format!("{e:?}"),
-        })
+        run(&call, shape, x, w, bias, epilogue, y)
     }
+
+    /// [`Blas::linear`] enqueued on `dev`'s stream with the workspace `ws`
+    /// (which no other call may be using at the same time).
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_on<Y: DevicePtrMut<f16>>(
+        &self,
+        dev: &Device,
+        ws: &BlasWorkspace,
+        shape: LinearShape,
+        x: &CudaView<'_, f16>,
+        w: &CudaView<'_, f16>,
+        bias: Option<&CudaView<'_, f16>>,
+        epilogue: Epilogue,
+        y: &mut Y,
+    ) -> Result<()> {
+        let call = LtCall {
+            handle: self.lt.handle(),
+            ws: &ws.ws,
+            stream: dev.stream(),
+        };
+        run(&call, shape, x, w, bias, epilogue, y)
+    }
+}
+
+fn run<Y: DevicePtrMut<f16>>(
+    call: &LtCall<'_>,
+    shape: LinearShape,
+    x: &CudaView<'_, f16>,
+    w: &CudaView<'_, f16>,
+    bias: Option<&CudaView<'_, f16>>,
+    epilogue: Epilogue,
+    y: &mut Y,
+) -> Result<()> {
+    shape.validate(x.len(), w.len(), bias.map(|b| b.len()), y.len())?;
+    match (epilogue, bias.is_some()) {
+        (Epilogue::None, true) => {
+            return Err(Error::invalid(OP, "a bias was given with Epilogue::None"))
+        }
+        (Epilogue::Bias | Epilogue::BiasGeluTanh, false) => {
+            return Err(Error::invalid(OP, "the bias epilogues need a bias"))
+        }
+        _ => {}
+    }
+    if shape.rows == 0 {
+        return Ok(());
+    }
+    let LinearShape { rows, k, n } = shape;
+    let cfg = MatmulConfig {
+        transa: true,
+        transb: false,
+        transc: false,
+        m: n as u64,
+        n: rows as u64,
+        k: k as u64,
+        alpha: 1.0,
+        lda: k as i64,
+        ldb: k as i64,
+        beta: 0.0,
+        ldc: n as i64,
+        stride_a: None,
+        stride_b: None,
+        stride_c: None,
+        stride_bias: None,
+        batch_size: None,
+    };
+    let act = match epilogue {
+        Epilogue::BiasGeluTanh => Some(Activation::Gelu),
+        _ => None,
+    };
+    // SAFETY: the configuration describes exactly the buffers validated
+    // above (W: n*k, x: rows*k, y: rows*n, bias: n elements, all f16 views
+    // of live allocations); cudarc records the stream-ordering events of
+    // each view that has them; the handle, workspace and stream are live.
+    unsafe { call.matmul(cfg, w, x, y, bias, act.as_ref()) }.map_err(|e| Error::Blas {
+        context: format!("linear rows={rows} k={k} n={n} {epilogue:?}"),
+        message: format!("{e:?}"),
+    })
 }

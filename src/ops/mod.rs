@@ -21,7 +21,7 @@ pub use compact::{
 pub use elementwise::{
     bias_gelu, bias_residual, first_token, mean_pool, ColsShape, PoolOut, PoolShape,
 };
-pub use gemm::{Blas, Epilogue, LinearShape};
+pub use gemm::{Blas, BlasWorkspace, Epilogue, LinearShape};
 pub use layernorm::{layer_norm, layer_norm_ext, LayerNormExtras, LayerNormLens, LayerNormShape};
 pub use score::{
     head_scores, score_dot, token_scores, validate_head_scores, validate_token_scores,

@@ -140,16 +140,46 @@ fn compare(what: &str, cfg: &ModelConfig, gpu: &GpuOutputs, r: &Outputs) -> usiz
     0
 }
 
-/// Layers at which some stream's token pruner runs.
-fn pruning_layers(w: &Weights) -> usize {
+/// Layers at which some stream's threshold-rule token pruner runs (where
+/// `SyncPolicy::ReadCounts` waits for the row counts).
+fn threshold_pruning_layers(w: &Weights) -> usize {
     let nl = w.config.streams[0].layers.len();
     (0..nl)
         .filter(|&l| {
             w.config.streams.iter().zip(&w.streams).any(|(sc, sw)| {
-                sc.layers[l].token_pruner.is_some() && sw.layers[l].token_pruner.is_some()
+                matches!(
+                    sc.layers[l].token_pruner.as_ref().map(|t| t.rule),
+                    Some(KeepRule::Threshold { .. })
+                ) && sw.layers[l].token_pruner.is_some()
             })
         })
         .count()
+}
+
+/// `cfg` with every token pruner on the budget rule at `rho`.
+fn budget_variant(cfg: &ModelConfig, rho: f32) -> ModelConfig {
+    let mut cfg = cfg.clone();
+    for s in &mut cfg.streams {
+        for l in &mut s.layers {
+            if let Some(tp) = &mut l.token_pruner {
+                tp.rule = KeepRule::Budget { rho };
+            }
+        }
+    }
+    cfg
+}
+
+/// Two GPU passes that ran the same launches: identical decisions and
+/// bitwise identical rows.
+fn assert_same_pass(what: &str, a: &GpuOutputs, b: &GpuOutputs) {
+    for (sa, sb) in a.streams.iter().zip(&b.streams) {
+        for (l, (la, lb)) in sa.layers.iter().zip(&sb.layers).enumerate() {
+            assert_eq!(la, lb, "{what}: layer {l} record");
+        }
+        assert_eq!(sa.packed, sb.packed, "{what}: final rows");
+        assert_eq!(sa.pooled_first, sb.pooled_first, "{what}: pooled first");
+        assert_eq!(sa.pooled_mean, sb.pooled_mean, "{what}: pooled mean");
+    }
 }
 
 struct Case {
@@ -227,8 +257,8 @@ fn run_case(test: &str, case: &Case) {
             )
             .unwrap_or_else(|e| panic!("{what} {sync:?}: {e}"));
         let want_syncs = match sync {
-            SyncPolicy::ReadCounts => 1 + pruning_layers(&w),
-            SyncPolicy::UpperBound => 1,
+            SyncPolicy::ReadCounts => threshold_pruning_layers(&w),
+            SyncPolicy::UpperBound => 0,
         };
         assert_eq!(out.syncs, want_syncs, "{what} {sync:?}: syncs");
         let ties = compare(&format!("{what} {sync:?}"), &cfg, &out, &reference);
@@ -246,7 +276,7 @@ fn run_case(test: &str, case: &Case) {
                 },
             )
             .unwrap_or_else(|e| panic!("{what} dense {sync:?}: {e}"));
-        assert_eq!(dense.syncs, 1, "{what} dense {sync:?}: syncs");
+        assert_eq!(dense.syncs, 0, "{what} dense {sync:?}: syncs");
         assert_eq!(
             compare(
                 &format!("{what} dense {sync:?}"),
@@ -255,6 +285,74 @@ fn run_case(test: &str, case: &Case) {
                 &reference_dense
             ),
             0
+        );
+    }
+    // CUDA graphs: the first call captures, the second replays; both must
+    // be the eager pass exactly (same launches), with no host wait inside.
+    let eager = model
+        .forward(
+            &mut ws,
+            &inputs,
+            &GpuForwardOptions {
+                dense: false,
+                sync: SyncPolicy::UpperBound,
+                graph: false,
+            },
+        )
+        .unwrap();
+    let gopts = GpuForwardOptions {
+        dense: false,
+        sync: SyncPolicy::UpperBound,
+        graph: true,
+    };
+    assert!(model.graph_capturable(&gopts));
+    for round in ["capture", "replay"] {
+        let g = model
+            .forward(&mut ws, &inputs, &gopts)
+            .unwrap_or_else(|e| panic!("{what} graph {round}: {e}"));
+        assert!(g.graph && g.syncs == 0, "{what} graph {round}");
+        assert_same_pass(&format!("{what} graph {round}"), &g, &eager);
+    }
+    assert_eq!(ws.cached_graphs(), 1, "{what}: one graph for one shape");
+    // ReadCounts cannot be captured with threshold pruners in the model.
+    let err = model
+        .forward(
+            &mut ws,
+            &inputs,
+            &GpuForwardOptions {
+                dense: false,
+                sync: SyncPolicy::ReadCounts,
+                graph: true,
+            },
+        )
+        .expect_err("ReadCounts + graph with threshold pruners");
+    assert!(err.to_string().contains("graph capture"), "{err}");
+
+    // Budget-rule pruners: the host knows every row count, so ReadCounts
+    // takes no wait and the exact-size pass can be captured.
+    let bcfg = budget_variant(&cfg, 0.5);
+    let bw = Weights::from_safetensors_bytes(&bcfg, &w.to_safetensors_bytes().unwrap(), "budget")
+        .unwrap();
+    let bmodel = GpuModel::new(&dev, &bw).expect("GpuModel::new (budget)");
+    let mut bws = Workspace::new(&bmodel, ws.capacity().clone()).unwrap();
+    let bref = reference::forward(&bw, &inputs, &ForwardOptions { dense: false }).unwrap();
+    for graph in [false, true, true] {
+        let o = bmodel
+            .forward(
+                &mut bws,
+                &inputs,
+                &GpuForwardOptions {
+                    dense: false,
+                    sync: SyncPolicy::ReadCounts,
+                    graph,
+                },
+            )
+            .unwrap_or_else(|e| panic!("{what} budget graph={graph}: {e}"));
+        assert_eq!(o.syncs, 0, "{what} budget: no wait");
+        assert_eq!(
+            compare(&format!("{what} budget graph={graph}"), &bcfg, &o, &bref),
+            0,
+            "{what} budget: no ties expected with the budget rule"
         );
     }
 }
@@ -450,11 +548,15 @@ fn forward_repeated_is_stable() {
     let (w, inputs, cap) = setup(&cfg, 8, true, 5);
     let model = GpuModel::new(&dev, &w).unwrap();
     let mut ws = Workspace::new(&model, cap).unwrap();
-    for sync in [SyncPolicy::ReadCounts, SyncPolicy::UpperBound] {
+    for (sync, graph) in [
+        (SyncPolicy::ReadCounts, false),
+        (SyncPolicy::UpperBound, false),
+        (SyncPolicy::UpperBound, true),
+    ] {
         let opts = GpuForwardOptions {
             dense: false,
             sync,
-            graph: false,
+            graph,
         };
         let first = model.forward(&mut ws, &inputs, &opts).unwrap();
         let (free0, _) = dev.context().mem_get_info().unwrap();
@@ -567,6 +669,6 @@ fn forward_test_setup_is_sound() {
             pruned > 0,
             "{name}: the reference pruned nothing; the GPU test would be weak"
         );
-        assert!(pruning_layers(&w) > 0);
+        assert!(threshold_pruning_layers(&w) > 0);
     }
 }
