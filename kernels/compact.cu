@@ -225,3 +225,17 @@ extern "C" __global__ void __launch_bounds__(32 * COMPACT_GATHER_WARPS)
     for (int v = lane; v < (d >> 3); v += 32) store_half8(orow + v * 8, load_half8(xr + v * 8));
     if (lane == 0) new_orig_index[dst] = orig_index[src];
 }
+
+// orig_index of rows entering a pass: each row's position within its
+// sequence. Grid (ceil(max_seqlen / 256), batch), one thread per row of
+// sequence blockIdx.y; threads past the sequence's device length return, so
+// max_seqlen is only a host upper bound. Lets a pass start from packed rows
+// already on the device without a host-built index (nor a host copy, which a
+// CUDA-graph capture could not record).
+extern "C" __global__ void __launch_bounds__(256)
+    seq_positions_i32(const int* __restrict__ cu_seqlens, int* __restrict__ orig_index) {
+    const int b = blockIdx.y;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const int begin = cu_seqlens[b];
+    if (i < cu_seqlens[b + 1] - begin) orig_index[begin + i] = i;
+}

@@ -273,6 +273,23 @@ fn compact_validation() {
 }
 
 #[test]
+fn seq_positions_validation() {
+    use smarttrim::ops::validate_seq_positions;
+    validate_seq_positions(2, 5, 8, 3, 8).unwrap();
+    validate_seq_positions(1, 0, 0, 2, 0).unwrap();
+    for (args, needle) in [
+        ((0, 1, 1, 1, 1), "batch"),
+        ((2, 5, 8, 2, 8), "cu_seqlens"),
+        ((2, 5, 8, 3, 7), "orig_index"),
+        ((2, 9, 8, 3, 8), "max_seqlen"),
+    ] {
+        let (b, m, t, c, o) = args;
+        let e = validate_seq_positions(b, m, t, c, o).unwrap_err();
+        assert!(e.to_string().contains(needle), "{args:?}: {e}");
+    }
+}
+
+#[test]
 fn elementwise_validation() {
     validate_cols("t", ColsShape { rows: 4, n: 16 }, 64, 16, Some(64), Some(1)).unwrap();
     assert!(validate_cols("t", ColsShape { rows: 4, n: 12 }, 48, 12, None, None).is_err());
@@ -349,6 +366,7 @@ fn ptx_modules_export_expected_entries() {
                 "compact_plan_budget",
                 "compact_scan",
                 "compact_gather_f16",
+                "seq_positions_i32",
             ],
         ),
         (

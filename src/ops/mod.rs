@@ -15,8 +15,8 @@ pub use attention::{
     AttentionLayout, AttentionShape, DenseAttentionBaseline, HeadSelection,
 };
 pub use compact::{
-    compact, validate_compact, CompactInputs, CompactLens, CompactOutputs, CompactShape,
-    KeepRuleDev,
+    compact, seq_positions, validate_compact, validate_seq_positions, CompactInputs, CompactLens,
+    CompactOutputs, CompactShape, KeepRuleDev,
 };
 pub use elementwise::{
     bias_gelu, bias_residual, first_token, mean_pool, ColsShape, PoolOut, PoolShape,

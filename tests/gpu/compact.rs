@@ -216,3 +216,35 @@ fn compact_budget_matches_reference() {
         }
     }
 }
+
+/// `seq_positions`: every row's position within its sequence, for the
+/// length sets of the testing rules (including empty sequences), with the
+/// output poisoned first and a loose host bound on the longest sequence.
+#[test]
+fn seq_positions_matches_lengths() {
+    let Some(dev) = device("seq_positions_matches_lengths") else {
+        return;
+    };
+    let stream = dev.stream().clone();
+    for lens in length_sets() {
+        let cu = cu_of(&lens);
+        let total = *cu.last().unwrap() as usize;
+        let batch = lens.len();
+        let max_seqlen = lens.iter().copied().max().unwrap_or(0);
+        let cu_d = stream.clone_htod(&cu).unwrap();
+        let mut orig_d = stream.clone_htod(&vec![-7i32; total.max(1)]).unwrap();
+        smarttrim::ops::seq_positions(
+            &dev,
+            batch,
+            // A host bound above the true longest, as a pass gives it.
+            (max_seqlen + 3).min(total),
+            total,
+            &cu_d,
+            &mut orig_d,
+        )
+        .unwrap_or_else(|e| panic!("lengths {lens:?}: {e}"));
+        let got = stream.clone_dtoh(&orig_d).unwrap();
+        let want: Vec<i32> = lens.iter().flat_map(|&n| 0..n as i32).collect();
+        assert_eq!(&got[..total], &want[..], "lengths {lens:?}");
+    }
+}
