@@ -349,3 +349,55 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // itself is still consistent (inserts are single calls).
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// A caller-owned device allocation seen as a [`cudarc::driver::CudaSlice`]
+/// (for interop: buffers of another CUDA library, or raw `CUdeviceptr`s
+/// from C). smarttrim never frees it: dropping the wrapper only forgets the
+/// pointer. It carries no cudarc ordering events; the caller orders its own
+/// use of the memory with the stream smarttrim runs on (typically by using
+/// that same stream).
+pub struct ForeignSlice<T> {
+    slice: std::mem::ManuallyDrop<cudarc::driver::CudaSlice<T>>,
+}
+
+impl<T> ForeignSlice<T> {
+    /// Wraps `len` elements of type `T` at device address `ptr`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be a device allocation (or part of one) of `dev`'s context
+    /// holding at least `len * size_of::<T>()` bytes, aligned for `T`, valid
+    /// for `T` where read, and it must stay allocated, and not be used by
+    /// other work concurrently with smarttrim's, for as long as the wrapper
+    /// and any work smarttrim enqueued on it live.
+    pub unsafe fn new(dev: &Device, ptr: sys::CUdeviceptr, len: usize) -> Self {
+        // SAFETY: forwarded to the caller's contract above; created without
+        // events so nothing but the pointer is attached.
+        let slice = dev.untracked(|| unsafe { dev.stream().upgrade_device_ptr::<T>(ptr, len) });
+        ForeignSlice {
+            slice: std::mem::ManuallyDrop::new(slice),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for ForeignSlice<T> {
+    type Target = cudarc::driver::CudaSlice<T>;
+    fn deref(&self) -> &Self::Target {
+        &self.slice
+    }
+}
+
+impl<T> std::ops::DerefMut for ForeignSlice<T> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.slice
+    }
+}
+
+impl<T> Drop for ForeignSlice<T> {
+    fn drop(&mut self) {
+        // SAFETY: `slice` is taken exactly once, here, and never used again.
+        let s = unsafe { std::mem::ManuallyDrop::take(&mut self.slice) };
+        // Forget the pointer instead of freeing the caller's memory.
+        let _ = s.leak();
+    }
+}

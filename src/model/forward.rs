@@ -61,6 +61,29 @@ pub(crate) struct PassEnd {
     syncs: usize,
 }
 
+impl PassEnd {
+    /// Stream `s`'s final rows: (host bound on their count, `x` buffer,
+    /// `cu_seqlens`/`orig_index` buffer).
+    pub(crate) fn final_buffers(&self, s: usize) -> (usize, usize, usize) {
+        (self.cur[s].rows, self.fin[s], self.cur[s].c)
+    }
+
+    /// Blocking host waits inside the pass.
+    pub(crate) fn syncs(&self) -> usize {
+        self.syncs
+    }
+}
+
+/// One layer of one stream: per sequence, rows entering and kept, active
+/// self- and cross-attention heads.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LayerCounts {
+    pub(crate) rows_in: Vec<i32>,
+    pub(crate) kept: Vec<i32>,
+    pub(crate) active_self_heads: Vec<i32>,
+    pub(crate) active_cross_heads: Vec<i32>,
+}
+
 /// Uploads the embedded inputs (f16 rows, `orig_index`, `cu_seqlens`, the
 /// context) into the first buffers of `ws`, on `dev`'s stream.
 fn upload(dev: &Device, ws: &mut Workspace, prep: &PreparedInputs) -> Result<()> {
@@ -394,7 +417,7 @@ impl GpuModel {
     /// The eager run loads every kernel module and cuBLASLt kernel the pass
     /// needs, which must not happen inside a capture, and gives this call's
     /// results; the capture itself executes nothing.
-    fn run_graph(
+    pub(crate) fn run_graph(
         &self,
         dev: &Device,
         ws: &mut Workspace,
@@ -457,7 +480,7 @@ impl GpuModel {
     /// `x[0]`, `cu_seqlens[0]`, `orig_index[0]` (and the context buffers) to
     /// the final rows and pooled outputs. Blocks only under
     /// [`SyncPolicy::ReadCounts`] after threshold-rule pruning.
-    fn enqueue(
+    pub(crate) fn enqueue(
         &self,
         dev: &Device,
         ws: &mut Workspace,
@@ -857,18 +880,11 @@ impl GpuModel {
             } else {
                 (Vec::new(), Vec::new())
             };
-            let mut lengths = shape.lengths[s].clone();
-            let has_cross = self.streams[s].layers.iter().any(|l| l.cross.is_some());
+            let counts = self.layer_counts(shape, end, &stats_h, s);
             let mut layers = Vec::with_capacity(nl);
-            for (l, ran_l) in ran.iter().enumerate() {
+            for (l, (ran_l, c)) in ran.iter().zip(counts).enumerate() {
                 let [tok, hs_self, hs_cross] = ran_l[s];
-                let rows_in = lengths.clone();
-                let n_in: usize = rows_in.iter().map(|&x| x.max(0) as usize).sum();
-                let slot = |k: usize| {
-                    let o = stat_off(l, s, k, ns, batch);
-                    stats_h[o..o + batch].to_vec()
-                };
-                let kept = if tok { slot(0) } else { rows_in.clone() };
+                let n_in: usize = c.rows_in.iter().map(|&x| x.max(0) as usize).sum();
                 let head_rec = |m: usize| {
                     let o = head_off(l, m, bh);
                     HeadRecord {
@@ -876,7 +892,6 @@ impl GpuModel {
                         mask: mask_log[o..o + bh].to_vec(),
                     }
                 };
-                let layer_has_cross = self.streams[s].layers[l].cross.is_some();
                 layers.push(GpuLayerRecord {
                     scores: tok.then(|| score_log[l * r..l * r + n_in].to_vec()),
                     keep: tok.then(|| {
@@ -885,24 +900,13 @@ impl GpuModel {
                             .map(|&k| k != 0)
                             .collect()
                     }),
-                    kept: kept.clone(),
+                    kept: c.kept,
                     self_heads: hs_self.then(|| head_rec(0)),
                     cross_heads: hs_cross.then(|| head_rec(1)),
-                    active_self_heads: if hs_self {
-                        slot(1)
-                    } else {
-                        vec![h as i32; batch]
-                    },
-                    active_cross_heads: if hs_cross {
-                        slot(2)
-                    } else if has_cross && layer_has_cross {
-                        vec![h as i32; batch]
-                    } else {
-                        vec![0; batch]
-                    },
-                    rows_in,
+                    active_self_heads: c.active_self_heads,
+                    active_cross_heads: c.active_cross_heads,
+                    rows_in: c.rows_in,
                 });
-                lengths = kept;
             }
             outs.push(GpuStreamOutput {
                 name: sc.name.clone(),
@@ -923,6 +927,48 @@ impl GpuModel {
             policy: opts.sync,
             graph: opts.graph,
         })
+    }
+
+    /// Per layer of stream `s`, the rows entering and kept and the active
+    /// heads of every sequence, from the pass's statistics buffer `stats_h`
+    /// (read back after the pass) and what the host knows of the pass.
+    pub(crate) fn layer_counts(
+        &self,
+        shape: &PassShape,
+        end: &PassEnd,
+        stats_h: &[i32],
+        s: usize,
+    ) -> Vec<LayerCounts> {
+        let ns = self.config.streams.len();
+        let batch = shape.batch;
+        let h = self.config.streams[s].heads as i32;
+        let has_cross = self.streams[s].layers.iter().any(|l| l.cross.is_some());
+        let mut lengths = shape.lengths[s].clone();
+        let mut out = Vec::with_capacity(end.ran.len());
+        for (l, ran_l) in end.ran.iter().enumerate() {
+            let [tok, hs_self, hs_cross] = ran_l[s];
+            let slot = |k: usize| {
+                let o = stat_off(l, s, k, ns, batch);
+                stats_h[o..o + batch].to_vec()
+            };
+            let rows_in = lengths.clone();
+            let kept = if tok { slot(0) } else { rows_in.clone() };
+            let layer_has_cross = self.streams[s].layers[l].cross.is_some();
+            out.push(LayerCounts {
+                rows_in,
+                kept: kept.clone(),
+                active_self_heads: if hs_self { slot(1) } else { vec![h; batch] },
+                active_cross_heads: if hs_cross {
+                    slot(2)
+                } else if has_cross && layer_has_cross {
+                    vec![h; batch]
+                } else {
+                    vec![0; batch]
+                },
+            });
+            lengths = kept;
+        }
+        out
     }
 
     /// One layer of stream `sc` on its current (compacted) rows `x[c.x]`,

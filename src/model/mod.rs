@@ -89,11 +89,13 @@
 //! [`Error::Unsupported`](crate::Error::Unsupported); the tests run them with
 //! 2 heads (head size 32) and token pruner width 64.
 
+mod device_io;
 mod forward;
 mod input;
 mod weights;
 mod workspace;
 
+pub use device_io::{DevicePacked, DevicePass, DeviceStreamOutput};
 pub use input::{prepare_inputs, PreparedInputs};
 pub use weights::{check_supported, gpu_variant, GpuModel};
 pub use workspace::{Capacity, StreamLayout, Workspace, WorkspaceLayout, MAX_GRAPHS};

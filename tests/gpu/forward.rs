@@ -672,3 +672,129 @@ fn forward_test_setup_is_sound() {
         assert!(threshold_pruning_layers(&w) > 0);
     }
 }
+
+/// `forward_device` on a caller's stream with device-resident inputs and
+/// outputs: the same results as `forward` (same launches, so bitwise), for
+/// every model kind; then the same pass captured into the *caller's* CUDA
+/// graph and replayed twice.
+#[test]
+fn forward_device_matches_forward() {
+    use smarttrim::model::{DevicePacked, DeviceStreamOutput};
+    let Some(dev) = device("forward_device_matches_forward") else {
+        return;
+    };
+    let ctx = dev.context().clone();
+    let theirs = ctx.new_stream().expect("caller stream");
+    for name in ["tiny-meter", "tiny-bert", "tiny-vit", "tiny-blip"] {
+        let cfg = gpu_variant(&preset(name).unwrap());
+        let (w, inputs, cap) = setup(&cfg, 8, true, 31);
+        let model = GpuModel::new(&dev, &w).unwrap();
+        let mut ws = Workspace::new(&model, cap).unwrap();
+        let opts = GpuForwardOptions {
+            dense: false,
+            sync: SyncPolicy::UpperBound,
+            graph: false,
+        };
+        let host = model.forward(&mut ws, &inputs, &opts).unwrap();
+        let emb: Vec<_> = w.streams.iter().map(|s| s.embeddings.clone()).collect();
+        let prep = prepare_inputs(&cfg, &emb, &inputs, None).unwrap();
+        // The caller's buffers, without cudarc events (as a capture needs).
+        // SAFETY: only this thread allocates on the context meanwhile.
+        unsafe { ctx.disable_event_tracking() };
+        let up = |p: &smarttrim::reference::Packed| {
+            (
+                theirs.clone_htod(&to_f16(&p.rows)).unwrap(),
+                theirs.clone_htod(&p.cu_seqlens).unwrap(),
+            )
+        };
+        let ins: Vec<_> = prep.streams.iter().map(up).collect();
+        let ctx_in = prep.context.as_ref().map(up);
+        let mut outs: Vec<_> = cfg
+            .streams
+            .iter()
+            .zip(&prep.streams)
+            .map(|(sc, p)| {
+                (
+                    theirs.alloc_zeros::<half::f16>(p.total() * sc.hidden).unwrap(),
+                    theirs.alloc_zeros::<i32>(prep.batch + 1).unwrap(),
+                    theirs.alloc_zeros::<i32>(p.total().max(1)).unwrap(),
+                )
+            })
+            .collect();
+        // SAFETY: restores the default.
+        unsafe { ctx.enable_event_tracking() };
+        for round in ["eager", "caller graph"] {
+            let mut graph = None;
+            {
+                let dins: Vec<DevicePacked> = ins
+                    .iter()
+                    .zip(&prep.streams)
+                    .map(|((r, c), p)| DevicePacked {
+                        rows: r.as_view(),
+                        cu_seqlens: c.as_view(),
+                        host_cu_seqlens: &p.cu_seqlens,
+                    })
+                    .collect();
+                let dctx = ctx_in.as_ref().zip(prep.context.as_ref()).map(|((r, c), p)| {
+                    DevicePacked {
+                        rows: r.as_view(),
+                        cu_seqlens: c.as_view(),
+                        host_cu_seqlens: &p.cu_seqlens,
+                    }
+                });
+                let mut douts: Vec<DeviceStreamOutput> = outs
+                    .iter_mut()
+                    .map(|(r, c, o)| DeviceStreamOutput {
+                        rows: r.as_view_mut(),
+                        cu_seqlens: c.as_view_mut(),
+                        orig_index: o.as_view_mut(),
+                    })
+                    .collect();
+                if round == "caller graph" {
+                    theirs
+                        .begin_capture(
+                            cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                        )
+                        .unwrap();
+                }
+                let pass = model
+                    .forward_device(&theirs, &mut ws, &dins, dctx.as_ref(), &mut douts, &opts)
+                    .unwrap_or_else(|e| panic!("{name} {round}: {e}"));
+                assert_eq!(pass.syncs, 0, "{name} {round}");
+                if round == "caller graph" {
+                    graph = Some(
+                        theirs
+                            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+                            .unwrap()
+                            .expect("captured work"),
+                    );
+                } else {
+                    let stats = model.device_pass_stats(&theirs, &ws, &pass).unwrap();
+                    assert_eq!(stats, host.stats(), "{name}: statistics");
+                }
+            }
+            let launches = if graph.is_some() { 2 } else { 1 };
+            for i in 0..launches {
+                if let Some(g) = &graph {
+                    // Poison the outputs, so a replay that writes nothing fails.
+                    for (r, _, _) in &mut outs {
+                        theirs.memcpy_htod(&nan_f16(r.len()), r).unwrap();
+                    }
+                    g.launch().unwrap();
+                }
+                theirs.synchronize().unwrap();
+                for (s, (r, c, o)) in outs.iter().enumerate() {
+                    let want = &host.streams[s].packed;
+                    let total = want.total();
+                    let d = want.d;
+                    let cu: Vec<i32> = theirs.clone_dtoh(c).unwrap();
+                    assert_eq!(cu, want.cu_seqlens, "{name} {round} {i}: cu_seqlens");
+                    let orig: Vec<i32> = theirs.clone_dtoh(o).unwrap();
+                    assert_eq!(&orig[..total], &want.orig_index[..], "{name} {round} {i}");
+                    let rows = from_f16(&theirs.clone_dtoh(r).unwrap()[..total * d]);
+                    assert_eq!(rows, want.rows, "{name} {round} {i}: final rows");
+                }
+            }
+        }
+    }
+}
