@@ -9,9 +9,15 @@
 // Forward flag: ignore every pruner (the dense pass).
 #define SMARTTRIM_FORWARD_DENSE 1
 
-// Forward flag: size launches by the unpruned upper bound (one host wait per
-// pass) instead of reading the row counts after each pruning layer.
+// Forward flag: size launches by the host's upper bound (no host wait inside
+// the pass) instead of reading the row counts after each threshold-rule
+// pruning layer.
 #define SMARTTRIM_FORWARD_UPPER_BOUND 2
+
+// Forward flag: run the pass as a CUDA graph, captured the first time a
+// shape is seen and replayed afterwards (needs a pass without host waits:
+// `SMARTTRIM_FORWARD_UPPER_BOUND`, dense, or budget-rule pruners only).
+#define SMARTTRIM_FORWARD_GRAPH 4
 
 // Status codes returned by every function of the C API.
 typedef enum smarttrim_status {
@@ -55,6 +61,34 @@ typedef struct smarttrim_packed_input {
   // `[batch + 1]`, starting at 0, non-decreasing.
   const int32_t *cu_seqlens;
 } smarttrim_packed_input;
+
+// One stream's (or a cross encoder's context's) input on the device, for
+// [`smarttrim_forward_device`].
+typedef struct SmarttrimDeviceInput {
+  // `CUdeviceptr` of the packed rows entering the first layer, f16,
+  // row-major `[cu_seqlens[batch], hidden]`, 16-byte aligned.
+  uint64_t rows;
+  // `CUdeviceptr` of `cu_seqlens`, `[batch + 1]` int32.
+  uint64_t cu_seqlens;
+  // The same `cu_seqlens` on the host, `[batch + 1]` (sizes the launches).
+  const int32_t *host_cu_seqlens;
+} SmarttrimDeviceInput;
+
+// Where one stream's results go on the device ([`smarttrim_forward_device`]).
+typedef struct SmarttrimDeviceOutput {
+  // `CUdeviceptr` of f16 rows, room for `rows_capacity` elements (at
+  // least the input's `cu_seqlens[batch] * hidden`).
+  uint64_t rows;
+  // Elements `rows` holds.
+  size_t rows_capacity;
+  // `CUdeviceptr` of `[batch + 1]` int32: the final `cu_seqlens`.
+  uint64_t cu_seqlens;
+  // `CUdeviceptr` of int32, room for `orig_capacity` elements (at least
+  // the input's `cu_seqlens[batch]`): each final row's original position.
+  uint64_t orig_index;
+  // Elements `orig_index` holds.
+  size_t orig_capacity;
+} SmarttrimDeviceOutput;
 
 #ifdef __cplusplus
 extern "C" {
@@ -122,6 +156,54 @@ int smarttrim_forward(struct smarttrim_model *model,
                       const struct smarttrim_packed_input *context,
                       size_t batch,
                       uint32_t flags);
+
+// Allocates the model's workspace now, for batches of up to `max_batch`
+// sequences and per config stream sequences of up to
+// `max_seqlen_per_stream[s]` rows (a cross encoder: one more entry, its
+// context's), replacing any earlier one. [`smarttrim_forward_device`]
+// needs it (it allocates nothing); [`smarttrim_forward`] grows it on
+// demand. The bytes are [`smarttrim_model_workspace_bytes`] plus the
+// cuBLASLt workspace (32 MiB on Hopper).
+//
+// # Safety
+//
+// `max_seqlen_per_stream` must be readable for that many `int`s.
+int smarttrim_model_reserve(struct smarttrim_model *model,
+                            int max_batch,
+                            const int *max_seqlen_per_stream);
+
+// Runs one forward pass on **device** buffers, enqueued on the caller's
+// `stream` (NULL: the model's own stream), without allocating and, under
+// `SMARTTRIM_FORWARD_UPPER_BOUND` or with budget-rule pruners, without
+// waiting: the call returns once the work is enqueued, and the outputs are
+// ready in stream order. Works inside the caller's stream capture (the
+// pass must then have no inner wait).
+//
+// - `inputs`: `n_inputs` entries, one per config stream: the rows entering
+//   the first layer (streams with embeddings take embedded rows here).
+// - `context`: a cross encoder's context (NULL for other models).
+// - `outputs`: `n_outputs` (= streams) entries.
+// - `flags`: `SMARTTRIM_FORWARD_DENSE`, `_UPPER_BOUND`, `_GRAPH`.
+//
+// Needs the workspace reserved first ([`smarttrim_model_reserve`]) for at
+// least this batch and these lengths. Statistics: [`smarttrim_stats`],
+// which then waits for `stream` (so it must still be alive).
+//
+// # Safety
+//
+// The arrays must be readable for their counts; each entry's host pointer
+// readable for `batch + 1` values; each device pointer a live allocation of
+// the model's context of the documented size, not used by other work
+// while the pass runs; `stream` a live `CUstream` of that context, or NULL.
+int smarttrim_forward_device(struct smarttrim_model *model,
+                             void *stream,
+                             const struct SmarttrimDeviceInput *inputs,
+                             size_t n_inputs,
+                             const struct SmarttrimDeviceInput *context,
+                             size_t batch,
+                             const struct SmarttrimDeviceOutput *outputs,
+                             size_t n_outputs,
+                             uint32_t flags);
 
 // Statistics of the model's last successful forward pass, each
 // `[layer][stream][instance]` (row-major, `layers * streams * batch`

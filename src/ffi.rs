@@ -25,21 +25,26 @@
 //!   `SMARTTRIM_STATUS_BAD_HANDLE`, never undefined behaviour. Handles are
 //!   not reused. Calls on one handle from several threads are serialised.
 //!
-//! # What this first version does
+//! # Two ways to run a pass
 //!
-//! - Inputs are **host** buffers: per config stream, packed f32 rows
-//!   `[total, hidden]` and `cu_seqlens[batch + 1]` ([`SmarttrimPackedInput`]);
-//!   a cross encoder (BLIP text) also takes its context that way. Streams
-//!   with a token or pixel embedding (BERT, ViT) are
-//!   `SMARTTRIM_STATUS_UNSUPPORTED` here; device-pointer inputs and outputs
-//!   come next.
-//! - The pass runs on the model's own stream, ordered after all work the
-//!   caller enqueued on its `CUstream` so far (an event recorded on the
-//!   caller's stream, waited on by the model's stream); the call returns when
-//!   the pass is done. Enqueuing directly on the caller's stream, and CUDA
-//!   graph capture, are not implemented.
-//! - Outputs: per layer, stream and instance, the kept rows and the active
-//!   self/cross-attention heads ([`smarttrim_stats`]).
+//! - [`smarttrim_forward`]: **host** buffers. Per config stream, packed f32
+//!   rows `[total, hidden]` and `cu_seqlens[batch + 1]`
+//!   ([`SmarttrimPackedInput`]); a cross encoder (BLIP text) also takes its
+//!   context that way. Streams with a token or pixel embedding (BERT, ViT)
+//!   are `SMARTTRIM_STATUS_UNSUPPORTED` here. The pass runs on the model's
+//!   own stream, ordered after the work the caller enqueued on its
+//!   `CUstream` so far; the call returns when the pass is done. The
+//!   workspace is allocated (or grown) on demand.
+//! - [`smarttrim_forward_device`]: **device** buffers (`CUdeviceptr`s) on
+//!   the caller's `CUstream`: rows entering the first layer (f16),
+//!   `cu_seqlens` on the device and on the host, and device outputs (final
+//!   rows, `cu_seqlens`, `orig_index`). Nothing is allocated (reserve the
+//!   workspace first with [`smarttrim_model_reserve`]); with
+//!   `SMARTTRIM_FORWARD_UPPER_BOUND`, or budget-rule pruners, nothing waits
+//!   either, and the call can be recorded into the caller's CUDA graph.
+//!
+//! Statistics of the last pass, per layer, stream and instance (kept rows,
+//! active self/cross-attention heads): [`smarttrim_stats`].
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -50,7 +55,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::device::Device;
 use crate::model::{
-    check_supported, Capacity, GpuForwardOptions, GpuModel, SyncPolicy, Workspace, WorkspaceLayout,
+    check_supported, Capacity, DevicePacked, DeviceStreamOutput, GpuForwardOptions, GpuModel,
+    SyncPolicy, Workspace, WorkspaceLayout,
 };
 use crate::reference::model::{Inputs, StreamInput};
 use crate::spec::{EmbeddingConfig, ModelConfig, ModelKind, Weights};
@@ -91,9 +97,49 @@ pub enum SmarttrimStatus {
 
 /// Forward flag: ignore every pruner (the dense pass).
 pub const SMARTTRIM_FORWARD_DENSE: u32 = 1;
-/// Forward flag: size launches by the unpruned upper bound (one host wait per
-/// pass) instead of reading the row counts after each pruning layer.
+/// Forward flag: size launches by the host's upper bound (no host wait inside
+/// the pass) instead of reading the row counts after each threshold-rule
+/// pruning layer.
 pub const SMARTTRIM_FORWARD_UPPER_BOUND: u32 = 2;
+/// Forward flag: run the pass as a CUDA graph, captured the first time a
+/// shape is seen and replayed afterwards (needs a pass without host waits:
+/// `SMARTTRIM_FORWARD_UPPER_BOUND`, dense, or budget-rule pruners only).
+pub const SMARTTRIM_FORWARD_GRAPH: u32 = 4;
+
+const ALL_FLAGS: u32 =
+    SMARTTRIM_FORWARD_DENSE | SMARTTRIM_FORWARD_UPPER_BOUND | SMARTTRIM_FORWARD_GRAPH;
+
+/// One stream's (or a cross encoder's context's) input on the device, for
+/// [`smarttrim_forward_device`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct SmarttrimDeviceInput {
+    /// `CUdeviceptr` of the packed rows entering the first layer, f16,
+    /// row-major `[cu_seqlens[batch], hidden]`, 16-byte aligned.
+    pub rows: u64,
+    /// `CUdeviceptr` of `cu_seqlens`, `[batch + 1]` int32.
+    pub cu_seqlens: u64,
+    /// The same `cu_seqlens` on the host, `[batch + 1]` (sizes the launches).
+    pub host_cu_seqlens: *const i32,
+}
+
+/// Where one stream's results go on the device ([`smarttrim_forward_device`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct SmarttrimDeviceOutput {
+    /// `CUdeviceptr` of f16 rows, room for `rows_capacity` elements (at
+    /// least the input's `cu_seqlens[batch] * hidden`).
+    pub rows: u64,
+    /// Elements `rows` holds.
+    pub rows_capacity: usize,
+    /// `CUdeviceptr` of `[batch + 1]` int32: the final `cu_seqlens`.
+    pub cu_seqlens: u64,
+    /// `CUdeviceptr` of int32, room for `orig_capacity` elements (at least
+    /// the input's `cu_seqlens[batch]`): each final row's original position.
+    pub orig_index: u64,
+    /// Elements `orig_index` holds.
+    pub orig_capacity: usize,
+}
 
 /// One stream's (or a cross encoder's context's) input: host buffers.
 #[repr(C)]
@@ -127,6 +173,9 @@ struct Live {
     model: GpuModel,
     workspace: Option<Workspace>,
     stats: Option<Stats>,
+    /// The last device-pointer pass and its stream (statistics are fetched
+    /// from the device when asked for).
+    device_pass: Option<(crate::model::DevicePass, usize)>,
 }
 
 type Handle = Arc<Mutex<Live>>;
@@ -391,6 +440,7 @@ pub unsafe extern "C" fn smarttrim_model_create(
             model,
             workspace: None,
             stats: None,
+            device_pass: None,
         };
         registry().insert(id, Arc::new(Mutex::new(live)));
         // SAFETY: as above; the handle is an id, never dereferenced.
@@ -507,7 +557,7 @@ pub unsafe extern "C" fn smarttrim_forward(
         if batch == 0 || batch > 65_535 {
             return Err(invalid(format!("batch = {batch}: must be in 1..=65535")));
         }
-        if flags & !(SMARTTRIM_FORWARD_DENSE | SMARTTRIM_FORWARD_UPPER_BOUND) != 0 {
+        if flags & !ALL_FLAGS != 0 {
             return Err(invalid(format!("unknown flags {flags:#x}")));
         }
         // SAFETY: non-null; the caller promises `n_inputs` entries.
@@ -570,25 +620,288 @@ pub unsafe extern "C" fn smarttrim_forward(
                 .join(&theirs)
                 .map_err(|e| Error::driver("ordering after the caller's stream", e))?;
         }
-        let opts = GpuForwardOptions {
-            dense: flags & SMARTTRIM_FORWARD_DENSE != 0,
-            sync: if flags & SMARTTRIM_FORWARD_UPPER_BOUND != 0 {
-                SyncPolicy::UpperBound
-            } else {
-                SyncPolicy::ReadCounts
-            },
-            graph: false,
-        };
+        let opts = options(flags);
         let Live {
             model,
             workspace,
             stats,
-            ..
+            device_pass,
         } = &mut *live;
         let ws = workspace.as_mut().expect("allocated above");
         *stats = None;
+        *device_pass = None;
         let out = model.forward(ws, &inputs, &opts)?;
         *stats = Some(collect_stats(&out.stats(), batch));
+        Ok(())
+    })
+}
+
+fn options(flags: u32) -> GpuForwardOptions {
+    GpuForwardOptions {
+        dense: flags & SMARTTRIM_FORWARD_DENSE != 0,
+        sync: if flags & SMARTTRIM_FORWARD_UPPER_BOUND != 0 {
+            SyncPolicy::UpperBound
+        } else {
+            SyncPolicy::ReadCounts
+        },
+        graph: flags & SMARTTRIM_FORWARD_GRAPH != 0,
+    }
+}
+
+/// Allocates the model's workspace now, for batches of up to `max_batch`
+/// sequences and per config stream sequences of up to
+/// `max_seqlen_per_stream[s]` rows (a cross encoder: one more entry, its
+/// context's), replacing any earlier one. [`smarttrim_forward_device`]
+/// needs it (it allocates nothing); [`smarttrim_forward`] grows it on
+/// demand. The bytes are [`smarttrim_model_workspace_bytes`] plus the
+/// cuBLASLt workspace (32 MiB on Hopper).
+///
+/// # Safety
+///
+/// `max_seqlen_per_stream` must be readable for that many `int`s.
+#[no_mangle]
+pub unsafe extern "C" fn smarttrim_model_reserve(
+    model: *mut SmarttrimModel,
+    max_batch: c_int,
+    max_seqlen_per_stream: *const c_int,
+) -> c_int {
+    guard(|| {
+        nonnull(max_seqlen_per_stream, "max_seqlen_per_stream")?;
+        let h = lookup(model)?;
+        let mut live = lock(&h);
+        let cfg = live.model.config().clone();
+        let n = seqlen_entries(&cfg);
+        // SAFETY: non-null; the caller promises one entry per stream (+ context).
+        let lens = unsafe { read_slice(max_seqlen_per_stream, n) };
+        let lens = lens
+            .iter()
+            .map(|&v| usize::try_from(v).ok().filter(|&v| v > 0))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| fail(SmarttrimStatus::InvalidArgument, "a max_seqlen below 1"))?;
+        let b = usize::try_from(max_batch)
+            .ok()
+            .filter(|&b| (1..=65_535).contains(&b))
+            .ok_or_else(|| {
+                fail(
+                    SmarttrimStatus::InvalidArgument,
+                    format!("max_batch = {max_batch}: must be in 1..=65535"),
+                )
+            })?;
+        let cap = capacity(&cfg, b, &lens)?;
+        live.workspace = None;
+        live.device_pass = None;
+        let ws = Workspace::new(&live.model, cap)?;
+        live.workspace = Some(ws);
+        Ok(())
+    })
+}
+
+/// Reads one device input's host `cu_seqlens` (validated by the runtime).
+///
+/// # Safety
+///
+/// `e.host_cu_seqlens` must be readable for `batch + 1` values when non-null.
+unsafe fn device_input<'a>(
+    dev: &Device,
+    e: &SmarttrimDeviceInput,
+    batch: usize,
+    width: usize,
+    what: &str,
+) -> Result<
+    (
+        crate::device::ForeignSlice<half::f16>,
+        crate::device::ForeignSlice<i32>,
+        &'a [i32],
+    ),
+    Fail,
+> {
+    nonnull(e.host_cu_seqlens, &format!("{what}.host_cu_seqlens"))?;
+    for (p, name) in [(e.rows, "rows"), (e.cu_seqlens, "cu_seqlens")] {
+        if p == 0 {
+            return Err(fail(
+                SmarttrimStatus::NullPointer,
+                format!("`{what}.{name}` is a null device pointer"),
+            ));
+        }
+    }
+    // SAFETY: non-null; the caller promises `batch + 1` readable values.
+    let host: &'a [i32] = unsafe { read_slice(e.host_cu_seqlens, batch + 1) };
+    let total = usize::try_from(host[batch]).map_err(|_| {
+        fail(
+            SmarttrimStatus::InvalidArgument,
+            format!("{what}: cu_seqlens[batch] = {} is negative", host[batch]),
+        )
+    })?;
+    // SAFETY: the caller promises device buffers of these sizes on the
+    // model's context, alive and unused by other work during the pass; the
+    // wrappers never free them.
+    let rows = unsafe { crate::device::ForeignSlice::new(dev, e.rows, total * width) };
+    // SAFETY: as above, `batch + 1` int32 values.
+    let cu = unsafe { crate::device::ForeignSlice::new(dev, e.cu_seqlens, batch + 1) };
+    Ok((rows, cu, host))
+}
+
+/// Runs one forward pass on **device** buffers, enqueued on the caller's
+/// `stream` (NULL: the model's own stream), without allocating and, under
+/// `SMARTTRIM_FORWARD_UPPER_BOUND` or with budget-rule pruners, without
+/// waiting: the call returns once the work is enqueued, and the outputs are
+/// ready in stream order. Works inside the caller's stream capture (the
+/// pass must then have no inner wait).
+///
+/// - `inputs`: `n_inputs` entries, one per config stream: the rows entering
+///   the first layer (streams with embeddings take embedded rows here).
+/// - `context`: a cross encoder's context (NULL for other models).
+/// - `outputs`: `n_outputs` (= streams) entries.
+/// - `flags`: `SMARTTRIM_FORWARD_DENSE`, `_UPPER_BOUND`, `_GRAPH`.
+///
+/// Needs the workspace reserved first ([`smarttrim_model_reserve`]) for at
+/// least this batch and these lengths. Statistics: [`smarttrim_stats`],
+/// which then waits for `stream` (so it must still be alive).
+///
+/// # Safety
+///
+/// The arrays must be readable for their counts; each entry's host pointer
+/// readable for `batch + 1` values; each device pointer a live allocation of
+/// the model's context of the documented size, not used by other work
+/// while the pass runs; `stream` a live `CUstream` of that context, or NULL.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn smarttrim_forward_device(
+    model: *mut SmarttrimModel,
+    stream: *mut c_void,
+    inputs: *const SmarttrimDeviceInput,
+    n_inputs: usize,
+    context: *const SmarttrimDeviceInput,
+    batch: usize,
+    outputs: *const SmarttrimDeviceOutput,
+    n_outputs: usize,
+    flags: u32,
+) -> c_int {
+    guard(|| {
+        let h = lookup(model)?;
+        nonnull(inputs, "inputs")?;
+        nonnull(outputs, "outputs")?;
+        let mut live = lock(&h);
+        let cfg = live.model.config().clone();
+        let ns = cfg.streams.len();
+        let invalid = |m: String| fail(SmarttrimStatus::InvalidArgument, m);
+        if n_inputs != ns || n_outputs != ns {
+            return Err(invalid(format!(
+                "n_inputs = {n_inputs}, n_outputs = {n_outputs}: the model has {ns} streams"
+            )));
+        }
+        if batch == 0 || batch > 65_535 {
+            return Err(invalid(format!("batch = {batch}: must be in 1..=65535")));
+        }
+        if flags & !ALL_FLAGS != 0 {
+            return Err(invalid(format!("unknown flags {flags:#x}")));
+        }
+        if live.workspace.is_none() {
+            return Err(invalid(
+                "no workspace: call smarttrim_model_reserve first (this call allocates nothing)"
+                    .into(),
+            ));
+        }
+        let dev = match stream.is_null() {
+            true => live
+                .model
+                .device()
+                .on_stream(live.model.device().stream().clone())?,
+            false => {
+                let ctx = live.model.device().context().clone();
+                // SAFETY: the caller promises a live CUstream of this context;
+                // the wrapper is borrowed (never destroys it).
+                let theirs = unsafe { ctx.wrap_borrowed_stream(stream.cast()) };
+                live.model.device().on_stream(theirs)?
+            }
+        };
+        // SAFETY: non-null; the caller promises the counts.
+        let (ins, outs) = unsafe { (read_slice(inputs, n_inputs), read_slice(outputs, n_outputs)) };
+        let mut held = Vec::with_capacity(ns);
+        for (s, (sc, e)) in cfg.streams.iter().zip(ins).enumerate() {
+            let what = format!("inputs[{s}] (`{}`)", sc.name);
+            // SAFETY: the caller's promise on the entry.
+            held.push(unsafe { device_input(&dev, e, batch, sc.hidden, &what)? });
+        }
+        let ctx_held = match (&cfg.kind, context.is_null()) {
+            (ModelKind::CrossEncoder { context_hidden }, false) => {
+                // SAFETY: non-null; the caller promises one readable entry.
+                let c = unsafe { &*context };
+                // SAFETY: the caller's promise on the entry.
+                Some(unsafe { device_input(&dev, c, batch, *context_hidden, "context")? })
+            }
+            (ModelKind::CrossEncoder { .. }, true) => {
+                return Err(fail(
+                    SmarttrimStatus::NullPointer,
+                    "`context` is a null pointer",
+                ))
+            }
+            (_, false) => return Err(invalid("a context was given to a model without one".into())),
+            (_, true) => None,
+        };
+        let mut out_held = Vec::with_capacity(ns);
+        for (s, o) in outs.iter().enumerate() {
+            for (p, name) in [
+                (o.rows, "rows"),
+                (o.cu_seqlens, "cu_seqlens"),
+                (o.orig_index, "orig_index"),
+            ] {
+                if p == 0 {
+                    return Err(fail(
+                        SmarttrimStatus::NullPointer,
+                        format!("`outputs[{s}].{name}` is a null device pointer"),
+                    ));
+                }
+            }
+            // SAFETY: the caller promises device buffers of the stated
+            // capacities on the model's context; the wrappers never free them.
+            out_held.push(unsafe {
+                (
+                    crate::device::ForeignSlice::<half::f16>::new(&dev, o.rows, o.rows_capacity),
+                    crate::device::ForeignSlice::<i32>::new(&dev, o.cu_seqlens, batch + 1),
+                    crate::device::ForeignSlice::<i32>::new(&dev, o.orig_index, o.orig_capacity),
+                )
+            });
+        }
+        let dins: Vec<DevicePacked> = held
+            .iter()
+            .map(|(r, c, hc)| DevicePacked {
+                rows: r.as_view(),
+                cu_seqlens: c.as_view(),
+                host_cu_seqlens: hc,
+            })
+            .collect();
+        let dctx = ctx_held.as_ref().map(|(r, c, hc)| DevicePacked {
+            rows: r.as_view(),
+            cu_seqlens: c.as_view(),
+            host_cu_seqlens: hc,
+        });
+        let mut douts: Vec<DeviceStreamOutput> = out_held
+            .iter_mut()
+            .map(|(r, c, o)| DeviceStreamOutput {
+                rows: r.as_view_mut(),
+                cu_seqlens: c.as_view_mut(),
+                orig_index: o.as_view_mut(),
+            })
+            .collect();
+        let Live {
+            model,
+            workspace,
+            stats,
+            device_pass,
+        } = &mut *live;
+        let ws = workspace.as_mut().expect("checked above");
+        *stats = None;
+        *device_pass = None;
+        let pass = model.forward_device(
+            dev.stream(),
+            ws,
+            &dins,
+            dctx.as_ref(),
+            &mut douts,
+            &options(flags),
+        )?;
+        *device_pass = Some((pass, stream as usize));
         Ok(())
     })
 }
@@ -670,7 +983,33 @@ pub unsafe extern "C" fn smarttrim_stats(
 ) -> c_int {
     guard(|| {
         let h = lookup(model)?;
-        let live = lock(&h);
+        let mut live = lock(&h);
+        if live.stats.is_none() {
+            if let Some((pass, stream)) = &live.device_pass {
+                let dev = live.model.device();
+                let st = if *stream == 0 {
+                    dev.stream().clone()
+                } else {
+                    // SAFETY: the caller promised (smarttrim_forward_device)
+                    // the stream is still alive when asking for statistics;
+                    // the wrapper is borrowed.
+                    unsafe {
+                        dev.context()
+                            .wrap_borrowed_stream((*stream as *mut c_void).cast())
+                    }
+                };
+                let ws = live
+                    .workspace
+                    .as_ref()
+                    .expect("a device pass had a workspace");
+                let per_layer = live.model.device_pass_stats(&st, ws, pass)?;
+                let batch = per_layer
+                    .first()
+                    .and_then(|l| l.first())
+                    .map_or(0, |(k, _, _)| k.len());
+                live.stats = Some(collect_stats(&per_layer, batch));
+            }
+        }
         let s = live.stats.as_ref().ok_or_else(|| {
             fail(
                 SmarttrimStatus::InvalidArgument,

@@ -103,6 +103,24 @@ fn null_pointers_are_reported() {
             null
         );
         assert_eq!(smarttrim_last_error_message(ptr::null_mut(), 10), null);
+        assert_eq!(
+            smarttrim_model_reserve(ptr::null_mut(), 1, lens.as_ptr()),
+            null
+        );
+        assert_eq!(
+            smarttrim_forward_device(
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null(),
+                0,
+                ptr::null(),
+                1,
+                ptr::null(),
+                0,
+                0
+            ),
+            null
+        );
     }
 }
 
@@ -141,6 +159,34 @@ fn made_up_and_destroyed_handles_are_bad_handles() {
         }; 2];
         assert_eq!(
             smarttrim_forward(h, ptr::null_mut(), inputs.as_ptr(), 2, ptr::null(), 1, 0),
+            bad
+        );
+        assert_eq!(smarttrim_model_reserve(h, 1, lens.as_ptr()), bad);
+        let cu = [0i32, 1];
+        let dins = [SmarttrimDeviceInput {
+            rows: 0,
+            cu_seqlens: 0,
+            host_cu_seqlens: cu.as_ptr(),
+        }; 2];
+        let douts = [SmarttrimDeviceOutput {
+            rows: 0,
+            rows_capacity: 0,
+            cu_seqlens: 0,
+            orig_index: 0,
+            orig_capacity: 0,
+        }; 2];
+        assert_eq!(
+            smarttrim_forward_device(
+                h,
+                ptr::null_mut(),
+                dins.as_ptr(),
+                2,
+                ptr::null(),
+                1,
+                douts.as_ptr(),
+                2,
+                0
+            ),
             bad
         );
     }
@@ -410,6 +456,7 @@ fn lifecycle_on_the_gpu_or_no_driver() {
             smarttrim_forward(m, ptr::null_mut(), bad.as_ptr(), 2, ptr::null(), batch, 0),
             SmarttrimStatus::InvalidArgument as i32
         );
+        device_pointer_pass(m, &rows_t, &rows_i, &cu_t, &cu_i, &kept);
         assert_eq!(smarttrim_model_destroy(m), OK);
         assert_eq!(
             smarttrim_model_destroy(m),
@@ -428,4 +475,135 @@ fn lifecycle_on_the_gpu_or_no_driver() {
             SmarttrimStatus::BadHandle as i32
         );
     }
+}
+
+/// The same pass through `smarttrim_forward_device` on a stream of the test's
+/// own, with device buffers: refused before `smarttrim_model_reserve`, then
+/// the same statistics as the host-buffer pass (`kept_host`), the final
+/// `cu_seqlens` consistent with them, and the same again as a CUDA graph.
+fn device_pointer_pass(
+    m: *mut SmarttrimModel,
+    rows_t: &[f32],
+    rows_i: &[f32],
+    cu_t: &[i32],
+    cu_i: &[i32],
+    kept_host: &[i32],
+) {
+    use cudarc::driver::{CudaContext, DevicePtr};
+    let ctx = CudaContext::new(0).unwrap();
+    let stream = ctx.new_stream().unwrap();
+    let d = 64usize;
+    let f16s =
+        |v: &[f32]| -> Vec<half::f16> { v.iter().map(|&x| half::f16::from_f32(x)).collect() };
+    let rt = stream.clone_htod(&f16s(rows_t)).unwrap();
+    let ri = stream.clone_htod(&f16s(rows_i)).unwrap();
+    let ct = stream.clone_htod(cu_t).unwrap();
+    let ci = stream.clone_htod(cu_i).unwrap();
+    let ot = stream.alloc_zeros::<half::f16>(8 * d).unwrap();
+    let oi = stream.alloc_zeros::<half::f16>(34 * d).unwrap();
+    let (oct, oci) = (
+        stream.alloc_zeros::<i32>(3).unwrap(),
+        stream.alloc_zeros::<i32>(3).unwrap(),
+    );
+    let (oot, ooi) = (
+        stream.alloc_zeros::<i32>(8).unwrap(),
+        stream.alloc_zeros::<i32>(34).unwrap(),
+    );
+    stream.synchronize().unwrap();
+    let p = |x: &dyn DevicePtr<half::f16>| x.device_ptr(&stream).0;
+    let q = |x: &dyn DevicePtr<i32>| x.device_ptr(&stream).0;
+    let dins = [
+        SmarttrimDeviceInput {
+            rows: p(&rt),
+            cu_seqlens: q(&ct),
+            host_cu_seqlens: cu_t.as_ptr(),
+        },
+        SmarttrimDeviceInput {
+            rows: p(&ri),
+            cu_seqlens: q(&ci),
+            host_cu_seqlens: cu_i.as_ptr(),
+        },
+    ];
+    let douts = [
+        SmarttrimDeviceOutput {
+            rows: p(&ot),
+            rows_capacity: 8 * d,
+            cu_seqlens: q(&oct),
+            orig_index: q(&oot),
+            orig_capacity: 8,
+        },
+        SmarttrimDeviceOutput {
+            rows: p(&oi),
+            rows_capacity: 34 * d,
+            cu_seqlens: q(&oci),
+            orig_index: q(&ooi),
+            orig_capacity: 34,
+        },
+    ];
+    let raw = stream.cu_stream() as *mut std::ffi::c_void;
+    let run = |flags: u32| {
+        // SAFETY: live handle, buffers of the documented sizes on the
+        // model's (primary) context, a live stream of that context.
+        unsafe {
+            smarttrim_forward_device(
+                m,
+                raw,
+                dins.as_ptr(),
+                2,
+                ptr::null(),
+                2,
+                douts.as_ptr(),
+                2,
+                flags,
+            )
+        }
+    };
+    assert_eq!(run(0), SmarttrimStatus::InvalidArgument as i32);
+    assert!(
+        last_error().contains("smarttrim_model_reserve"),
+        "{}",
+        last_error()
+    );
+    let lens = [5, 17];
+    // SAFETY: live handle, one length per stream.
+    assert_eq!(
+        unsafe { smarttrim_model_reserve(m, 2, lens.as_ptr()) },
+        OK,
+        "{}",
+        last_error()
+    );
+    for flags in [
+        0,
+        SMARTTRIM_FORWARD_UPPER_BOUND,
+        SMARTTRIM_FORWARD_UPPER_BOUND | SMARTTRIM_FORWARD_GRAPH,
+    ] {
+        assert_eq!(run(flags), OK, "flags {flags}: {}", last_error());
+        let n = 3 * 2 * 2;
+        let mut kept = vec![0i32; n];
+        // SAFETY: live handle, `kept` holds `n` values.
+        let st = unsafe {
+            smarttrim_stats(
+                m,
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                kept.as_mut_ptr(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                n,
+            )
+        };
+        assert_eq!(st, OK, "{}", last_error());
+        assert_eq!(kept, kept_host, "flags {flags}: statistics");
+        stream.synchronize().unwrap();
+        let cu: Vec<i32> = stream.clone_dtoh(&oct).unwrap();
+        // The text stream's final lengths are its last layer's kept rows.
+        let last = &kept[(2 * 2) * 2..(2 * 2) * 2 + 2];
+        assert_eq!(cu, vec![0, last[0], last[0] + last[1]], "flags {flags}");
+    }
+    // A graph requested with waits inside (ReadCounts, threshold pruners).
+    assert_eq!(
+        run(SMARTTRIM_FORWARD_GRAPH),
+        SmarttrimStatus::InvalidArgument as i32
+    );
 }

@@ -715,7 +715,9 @@ fn forward_device_matches_forward() {
             .zip(&prep.streams)
             .map(|(sc, p)| {
                 (
-                    theirs.alloc_zeros::<half::f16>(p.total() * sc.hidden).unwrap(),
+                    theirs
+                        .alloc_zeros::<half::f16>(p.total() * sc.hidden)
+                        .unwrap(),
                     theirs.alloc_zeros::<i32>(prep.batch + 1).unwrap(),
                     theirs.alloc_zeros::<i32>(p.total().max(1)).unwrap(),
                 )
@@ -735,13 +737,14 @@ fn forward_device_matches_forward() {
                         host_cu_seqlens: &p.cu_seqlens,
                     })
                     .collect();
-                let dctx = ctx_in.as_ref().zip(prep.context.as_ref()).map(|((r, c), p)| {
-                    DevicePacked {
+                let dctx = ctx_in
+                    .as_ref()
+                    .zip(prep.context.as_ref())
+                    .map(|((r, c), p)| DevicePacked {
                         rows: r.as_view(),
                         cu_seqlens: c.as_view(),
                         host_cu_seqlens: &p.cu_seqlens,
-                    }
-                });
+                    });
                 let mut douts: Vec<DeviceStreamOutput> = outs
                     .iter_mut()
                     .map(|(r, c, o)| DeviceStreamOutput {
