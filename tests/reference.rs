@@ -870,3 +870,87 @@ fn inconsistent_weights_are_an_error_not_a_panic() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `spec::flops::stream_flops` (what the GPU pass uses to account its
+/// FLOPs from its statistics) gives exactly the reference's FLOPs, per layer
+/// and per sequence, for every model kind, pruned and dense.
+#[test]
+fn stream_flops_from_statistics_equals_the_reference() {
+    use smarttrim::spec::flops::{stream_flops, LayerRun};
+    use smarttrim::spec::ModelKind;
+    for name in ["tiny-meter", "tiny-bert", "tiny-vit", "tiny-blip"] {
+        let c = preset(name).unwrap();
+        let w = Weights::random(&c, 3).unwrap();
+        let inputs = smarttrim::reference::synthetic_inputs(&c, 8, 4, true);
+        for dense in [false, true] {
+            let out = forward(&w, &inputs, &ForwardOptions { dense }).unwrap();
+            let context: Option<Vec<i32>> = inputs
+                .context
+                .as_ref()
+                .map(|(_, cu)| cu.windows(2).map(|x| x[1] - x[0]).collect());
+            let mut total = vec![smarttrim::spec::SequenceFlops::default(); 8];
+            for (s, so) in out.streams.iter().enumerate() {
+                let sc = &c.streams[s];
+                let other_initial: Option<Vec<i32>> = match c.kind {
+                    ModelKind::Encoder => None,
+                    ModelKind::CoAttention => Some(out.streams[1 - s].layers[0].rows_in.clone()),
+                    ModelKind::CrossEncoder { .. } => context.clone(),
+                };
+                let runs: Vec<LayerRun> = so
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .map(|(l, r)| {
+                        let lc = &sc.layers[l];
+                        LayerRun {
+                            ran: LayerConfig {
+                                token_pruner: lc
+                                    .token_pruner
+                                    .clone()
+                                    .filter(|_| r.scores.is_some()),
+                                self_head_pruner: lc
+                                    .self_head_pruner
+                                    .clone()
+                                    .filter(|_| r.self_heads.is_some()),
+                                cross_head_pruner: lc
+                                    .cross_head_pruner
+                                    .clone()
+                                    .filter(|_| r.cross_heads.is_some()),
+                            },
+                            rows_in: &r.rows_in,
+                            kept: &r.kept,
+                            active_self_heads: &r.active_self_heads,
+                            active_cross_heads: &r.active_cross_heads,
+                            other_rows: match c.kind {
+                                ModelKind::Encoder => None,
+                                ModelKind::CoAttention => {
+                                    Some(&out.streams[1 - s].layers[l].kept[..])
+                                }
+                                ModelKind::CrossEncoder { .. } => context.as_deref(),
+                            },
+                        }
+                    })
+                    .collect();
+                let (per_layer, seq) = stream_flops(
+                    sc,
+                    c.other_hidden(s),
+                    &runs,
+                    &so.layers[0].rows_in,
+                    other_initial.as_deref(),
+                );
+                for (l, r) in so.layers.iter().enumerate() {
+                    assert_eq!(
+                        per_layer[l], r.flops,
+                        "{name} dense={dense} stream {s} layer {l}"
+                    );
+                }
+                assert_eq!(seq, so.flops, "{name} dense={dense} stream {s}");
+                for (t, f) in total.iter_mut().zip(&seq) {
+                    t.pruned += f.pruned;
+                    t.dense += f.dense;
+                }
+            }
+            assert_eq!(total, out.flops, "{name} dense={dense}: totals");
+        }
+    }
+}

@@ -21,7 +21,10 @@ use crate::ops::{
 };
 use crate::reference::model::Inputs;
 use crate::reference::{HeadRecord, Packed};
-use crate::spec::{HeadPrunerConfig, KeepRule, ModelConfig, ModelKind, StreamConfig};
+use crate::spec::flops::{stream_flops, LayerRun};
+use crate::spec::{
+    HeadPrunerConfig, KeepRule, LayerConfig, ModelConfig, ModelKind, SequenceFlops, StreamConfig,
+};
 use crate::{Error, Result};
 
 /// The host's view of a pass's inputs: what sizes its launches (and keys
@@ -906,6 +909,7 @@ impl GpuModel {
                     active_self_heads: c.active_self_heads,
                     active_cross_heads: c.active_cross_heads,
                     rows_in: c.rows_in,
+                    flops: Vec::new(),
                 });
             }
             outs.push(GpuStreamOutput {
@@ -919,14 +923,93 @@ impl GpuModel {
                 pooled_first: pf.iter().map(|v| v.to_f32()).collect(),
                 pooled_mean: pm,
                 layers,
+                flops: Vec::new(),
             });
         }
+        let flops = self.account_flops(shape, &mut outs, opts.dense);
         Ok(GpuOutputs {
             streams: outs,
             syncs: end.syncs,
             policy: opts.sync,
             graph: opts.graph,
+            flops,
         })
+    }
+
+    /// Fills in the FLOPs of every layer and stream from the pass's
+    /// statistics (the CPU reference's accounting, [`stream_flops`]) and
+    /// returns the per-sequence totals over streams.
+    fn account_flops(
+        &self,
+        shape: &PassShape,
+        outs: &mut [GpuStreamOutput],
+        dense: bool,
+    ) -> Vec<SequenceFlops> {
+        let cfg = &self.config;
+        let context = shape.context.as_ref().map(|(l, _)| l.clone());
+        let mut total = vec![SequenceFlops::default(); shape.batch];
+        let mut results = Vec::with_capacity(outs.len());
+        for (s, so) in outs.iter().enumerate() {
+            let sc = &cfg.streams[s];
+            let other_initial = match cfg.kind {
+                ModelKind::Encoder => None,
+                ModelKind::CoAttention => Some(shape.lengths[1 - s].clone()),
+                ModelKind::CrossEncoder { .. } => context.clone(),
+            };
+            let runs: Vec<LayerRun> = so
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(l, r)| {
+                    let lc = &sc.layers[l];
+                    let keep = |ran: bool| ran && !dense;
+                    LayerRun {
+                        ran: LayerConfig {
+                            token_pruner: lc
+                                .token_pruner
+                                .clone()
+                                .filter(|_| keep(r.keep.is_some())),
+                            self_head_pruner: lc
+                                .self_head_pruner
+                                .clone()
+                                .filter(|_| keep(r.self_heads.is_some())),
+                            cross_head_pruner: lc
+                                .cross_head_pruner
+                                .clone()
+                                .filter(|_| keep(r.cross_heads.is_some())),
+                        },
+                        rows_in: &r.rows_in,
+                        kept: &r.kept,
+                        active_self_heads: &r.active_self_heads,
+                        active_cross_heads: &r.active_cross_heads,
+                        other_rows: match cfg.kind {
+                            ModelKind::Encoder => None,
+                            ModelKind::CoAttention => Some(&outs[1 - s].layers[l].kept[..]),
+                            ModelKind::CrossEncoder { .. } => context.as_deref(),
+                        },
+                    }
+                })
+                .collect();
+            let (per_layer, seq) = stream_flops(
+                sc,
+                cfg.other_hidden(s),
+                &runs,
+                &shape.lengths[s],
+                other_initial.as_deref(),
+            );
+            for (t, f) in total.iter_mut().zip(&seq) {
+                t.pruned += f.pruned;
+                t.dense += f.dense;
+            }
+            results.push((per_layer, seq));
+        }
+        for (so, (per_layer, seq)) in outs.iter_mut().zip(results) {
+            for (r, f) in so.layers.iter_mut().zip(per_layer) {
+                r.flops = f;
+            }
+            so.flops = seq;
+        }
+        total
     }
 
     /// Per layer of stream `s`, the rows entering and kept and the active

@@ -101,6 +101,7 @@ pub use weights::{check_supported, gpu_variant, GpuModel};
 pub use workspace::{Capacity, StreamLayout, Workspace, WorkspaceLayout, MAX_GRAPHS};
 
 use crate::reference::{HeadRecord, Packed};
+use crate::spec::{Flops, SequenceFlops};
 
 /// How the host learns the row counts that size the GEMMs (module docs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -146,6 +147,8 @@ pub struct GpuLayerRecord {
     pub active_self_heads: Vec<i32>,
     /// Active cross-attention heads per sequence (0 without cross-attention).
     pub active_cross_heads: Vec<i32>,
+    /// FLOPs of this layer per sequence (the CPU reference's accounting).
+    pub flops: Vec<Flops>,
 }
 
 /// One stream's results.
@@ -162,6 +165,8 @@ pub struct GpuStreamOutput {
     pub pooled_mean: Vec<f32>,
     /// One record per layer.
     pub layers: Vec<GpuLayerRecord>,
+    /// FLOPs per sequence (embedding + layers), pruned and dense.
+    pub flops: Vec<SequenceFlops>,
 }
 
 /// Results of [`GpuModel::forward`].
@@ -176,6 +181,10 @@ pub struct GpuOutputs {
     pub policy: SyncPolicy,
     /// Whether the pass ran as a CUDA graph (captured now or replayed).
     pub graph: bool,
+    /// FLOPs per sequence, summed over streams (the CPU reference's
+    /// accounting: "executed" assumes exact-size launches, which
+    /// [`SyncPolicy::UpperBound`] exceeds after threshold pruning).
+    pub flops: Vec<SequenceFlops>,
 }
 
 impl GpuOutputs {

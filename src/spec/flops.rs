@@ -165,6 +165,86 @@ pub fn embedding_flops(s: &StreamConfig) -> u64 {
     }
 }
 
+/// One layer of one stream as a pass ran it, for [`stream_flops`]; every
+/// slice holds one value per sequence.
+#[derive(Debug, Clone)]
+pub struct LayerRun<'a> {
+    /// The layer's pruners that ran (a pruner of the config that did not
+    /// run, e.g. in dense mode, must be absent here).
+    pub ran: LayerConfig,
+    /// Rows entering the layer.
+    pub rows_in: &'a [i32],
+    /// Rows kept.
+    pub kept: &'a [i32],
+    /// Active self-attention heads.
+    pub active_self_heads: &'a [i32],
+    /// Active cross-attention heads.
+    pub active_cross_heads: &'a [i32],
+    /// Rows of the other stream (or context) the layer's cross-attention
+    /// reads; `None` for single-stream models.
+    pub other_rows: Option<&'a [i32]>,
+}
+
+/// FLOPs of one stream of a pass from what ran at each layer: per layer the
+/// per-sequence [`Flops`], and per sequence the totals (embedding included)
+/// of the pruned pass and of the dense pass of the same inputs
+/// (`initial`: the stream's lengths entering the first layer;
+/// `other_initial`: the other stream's or context's, for the dense cross
+/// cost). The same accounting as the CPU reference reports.
+pub fn stream_flops(
+    s: &StreamConfig,
+    other_d: Option<usize>,
+    layers: &[LayerRun<'_>],
+    initial: &[i32],
+    other_initial: Option<&[i32]>,
+) -> (Vec<Vec<Flops>>, Vec<SequenceFlops>) {
+    let batch = initial.len();
+    let n = |v: &[i32], b: usize| v.get(b).copied().unwrap_or(0).max(0) as usize;
+    let per_layer: Vec<Vec<Flops>> = layers
+        .iter()
+        .map(|r| {
+            (0..batch)
+                .map(|b| {
+                    layer_flops(
+                        s,
+                        &r.ran,
+                        other_d,
+                        &LayerCounts {
+                            rows_in: n(r.rows_in, b),
+                            rows_kept: n(r.kept, b),
+                            other_rows: r.other_rows.map(|o| n(o, b)),
+                            self_heads: n(r.active_self_heads, b),
+                            cross_heads: n(r.active_cross_heads, b),
+                        },
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let emb = embedding_flops(s);
+    let totals = (0..batch)
+        .map(|b| {
+            let mut pruned = Flops {
+                model: emb,
+                executed: emb,
+            };
+            for l in &per_layer {
+                pruned += l[b];
+            }
+            let dl = dense_layer_flops(s, other_d, n(initial, b), other_initial.map(|o| n(o, b)));
+            let dense = emb + dl * s.layers.len() as u64;
+            SequenceFlops {
+                pruned,
+                dense: Flops {
+                    model: dense,
+                    executed: dense,
+                },
+            }
+        })
+        .collect();
+    (per_layer, totals)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -137,6 +137,7 @@ fn compare(what: &str, cfg: &ModelConfig, gpu: &GpuOutputs, r: &Outputs) -> usiz
         assert!(em < TOL, "{at}: pooled mean rel err {em:.2e}");
     }
     assert_eq!(gpu.stats(), r.stats(), "{what}: statistics");
+    assert_eq!(gpu.flops, r.flops, "{what}: FLOPs per sequence");
     0
 }
 
