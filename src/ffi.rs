@@ -696,6 +696,13 @@ pub unsafe extern "C" fn smarttrim_model_reserve(
     })
 }
 
+/// A wrapped device input: rows, device `cu_seqlens`, host `cu_seqlens`.
+type DeviceInputParts<'a> = (
+    crate::device::ForeignSlice<half::f16>,
+    crate::device::ForeignSlice<i32>,
+    &'a [i32],
+);
+
 /// Reads one device input's host `cu_seqlens` (validated by the runtime).
 ///
 /// # Safety
@@ -707,14 +714,7 @@ unsafe fn device_input<'a>(
     batch: usize,
     width: usize,
     what: &str,
-) -> Result<
-    (
-        crate::device::ForeignSlice<half::f16>,
-        crate::device::ForeignSlice<i32>,
-        &'a [i32],
-    ),
-    Fail,
-> {
+) -> Result<DeviceInputParts<'a>, Fail> {
     nonnull(e.host_cu_seqlens, &format!("{what}.host_cu_seqlens"))?;
     for (p, name) in [(e.rows, "rows"), (e.cu_seqlens, "cu_seqlens")] {
         if p == 0 {

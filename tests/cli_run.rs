@@ -520,3 +520,62 @@ fn output_piped_into_a_closed_reader_is_not_a_crash() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(status.success(), "exit {status:?}: {err}");
 }
+
+/// `run --device cuda`: on a machine without a usable GPU a clear error, a
+/// non-zero exit and no output file; with one, the same tensors as the CPU
+/// run with the same first-layer bookkeeping and the pruning within the
+/// f16 tolerance (`--device auto` falls back to the CPU and says so).
+#[test]
+fn run_on_the_gpu_or_a_clear_error() {
+    let dir = tmpdir();
+    let c = smarttrim::model::gpu_variant(&preset("tiny-meter").unwrap());
+    let cfg = write_config(dir.path(), &c);
+    let w = dir.path().join("w.safetensors");
+    Weights::random(&c, 5).unwrap().save(&w).unwrap();
+    let inp = dir.path().join("in.safetensors");
+    write_inputs(&inp, &input_tensors(&c, &synthetic_inputs(&c, 3, 9, true)));
+    let out_of = |device: &str| dir.path().join(format!("out-{device}.safetensors"));
+    let go = |device: &str| {
+        run(&[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--weights",
+            w.to_str().unwrap(),
+            "--input",
+            inp.to_str().unwrap(),
+            "--output",
+            out_of(device).to_str().unwrap(),
+            "--device",
+            device,
+        ])
+    };
+    let (ok, err) = go("cpu");
+    assert!(ok, "{err}");
+    let (ok, err) = go("cuda");
+    if !ok {
+        assert!(err.contains("--device cuda"), "{err}");
+        assert!(!out_of("cuda").exists(), "no output on failure");
+        assert!(
+            std::env::var("SMARTTRIM_REQUIRE_GPU").map_or(true, |v| v != "1"),
+            "SMARTTRIM_REQUIRE_GPU=1 but: {err}"
+        );
+        let (ok, err) = go("auto");
+        assert!(ok && err.contains("CPU reference"), "{err}");
+        return;
+    }
+    assert!(err.contains("host wait"), "{err}");
+    let (cpu, gpu) = (read_all(&out_of("cpu")), read_all(&out_of("cuda")));
+    let mut names: Vec<_> = cpu.keys().collect();
+    names.sort();
+    let mut gnames: Vec<_> = gpu.keys().collect();
+    gnames.sort();
+    assert_eq!(names, gnames, "the same tensors");
+    for n in [
+        "text.layers.0.rows_in",
+        "text.layers.0.orig_index_in",
+        "image.layers.0.orig_index_in",
+    ] {
+        assert_eq!(cpu[n].2, gpu[n].2, "{n}");
+    }
+}

@@ -7,8 +7,11 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
+use smarttrim::model::SyncPolicy;
 use smarttrim::reference::{forward, synthetic_inputs, ForwardOptions, Outputs};
 use smarttrim::spec::{preset, ModelConfig, Weights};
+
+use super::gpu::GpuRunner;
 
 /// Where the forward pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -17,7 +20,8 @@ pub enum DeviceChoice {
     Auto,
     /// The exact f32 CPU reference.
     Cpu,
-    /// The GPU (fails when no GPU forward pass is usable).
+    /// The GPU (fails when no GPU forward pass is usable, e.g. no driver,
+    /// or a model the kernels do not support).
     Cuda,
 }
 
@@ -98,21 +102,6 @@ struct Report {
     speedup: f64,
 }
 
-/// Why the GPU forward pass cannot be used here (always, in this version).
-fn gpu_unavailable() -> String {
-    let gpu = match smarttrim::device::Device::open(0) {
-        Ok(d) => match d.info() {
-            Ok(i) => format!("a GPU is present ({}), ", i.name),
-            Err(_) => "a GPU is present, ".into(),
-        },
-        Err(e) => format!("{e}; "),
-    };
-    format!(
-        "{gpu}and the CLI does not run the GPU forward pass yet (smarttrim::model exists \
-         but has not been validated on a GPU)"
-    )
-}
-
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
@@ -131,11 +120,6 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         Some(p) => (ModelConfig::from_file(p)?, p.display().to_string()),
         None => (preset(&args.preset)?, args.preset.clone()),
     };
-    let device_note = match args.device {
-        DeviceChoice::Cpu => "asked for".to_string(),
-        DeviceChoice::Auto => gpu_unavailable(),
-        DeviceChoice::Cuda => bail!("--device cuda: {}", gpu_unavailable()),
-    };
     let weights = match &args.weights {
         Some(p) => {
             Weights::load(&config, p).with_context(|| format!("loading weights {}", p.display()))?
@@ -143,6 +127,17 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         None => Weights::random(&config, args.seed)?,
     };
     let inputs = synthetic_inputs(&config, args.batch, args.seed, args.ragged);
+    let gpu =
+        match args.device {
+            DeviceChoice::Cpu => Err("asked for".to_string()),
+            DeviceChoice::Cuda => Ok(GpuRunner::new(&weights, &inputs)
+                .context("--device cuda: the GPU pass is unusable")?),
+            DeviceChoice::Auto => GpuRunner::new(&weights, &inputs).map_err(|e| format!("{e:#}")),
+        };
+    let device_note = match &gpu {
+        Ok(g) => format!("{} (f16 weights and activations)", g.device_name),
+        Err(why) => format!("CPU reference (f32) — {why}"),
+    };
 
     if !args.json {
         outln!(
@@ -155,15 +150,30 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
                 ", random weights"
             }
         )?;
-        outln!("device: CPU reference (f32) — {device_note}")?;
+        outln!("device: {device_note}")?;
     }
 
-    let t = Instant::now();
-    let pruned = forward(&weights, &inputs, &ForwardOptions { dense: false })?;
-    let pruned_ms = t.elapsed().as_secs_f64() * 1e3;
-    let t = Instant::now();
-    let dense = forward(&weights, &inputs, &ForwardOptions { dense: true })?;
-    let dense_ms = t.elapsed().as_secs_f64() * 1e3;
+    let (pruned, pruned_ms, dense, dense_ms) = match gpu {
+        Ok(mut g) => {
+            // One untimed pass each first: module loading and cuBLASLt
+            // heuristics are not the pass.
+            let sync = SyncPolicy::ReadCounts;
+            g.forward(&inputs, false, sync)?;
+            g.forward(&inputs, true, sync)?;
+            let (pruned, _, pruned_ms) = g.forward(&inputs, false, sync)?;
+            let (dense, _, dense_ms) = g.forward(&inputs, true, sync)?;
+            (pruned, pruned_ms, dense, dense_ms)
+        }
+        Err(_) => {
+            let t = Instant::now();
+            let pruned = forward(&weights, &inputs, &ForwardOptions { dense: false })?;
+            let pruned_ms = t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            let dense = forward(&weights, &inputs, &ForwardOptions { dense: true })?;
+            let dense_ms = t.elapsed().as_secs_f64() * 1e3;
+            (pruned, pruned_ms, dense, dense_ms)
+        }
+    };
 
     let report = build_report(
         &config,

@@ -15,6 +15,7 @@ macro_rules! outln {
 
 mod demo;
 mod embed;
+mod gpu;
 mod info;
 mod run;
 

@@ -10,6 +10,7 @@ use smarttrim::spec::{preset, ModelConfig, Weights};
 use smarttrim::tensor_io;
 
 use super::demo::DeviceChoice;
+use super::gpu::{GpuRunner, SyncChoice};
 
 /// A model config given as a file or a preset name.
 fn load_config(
@@ -75,29 +76,54 @@ pub struct RunArgs {
     /// Ignore all pruners (the dense pass).
     #[arg(long)]
     pub dense: bool,
+    /// GPU only: how the host learns the row counts after threshold pruning.
+    #[arg(long, value_enum, default_value_t = SyncChoice::ReadCounts)]
+    pub sync: SyncChoice,
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
-    if args.device == DeviceChoice::Cuda {
-        bail!(
-            "--device cuda: the CLI does not run the GPU forward pass yet (smarttrim::model \
-             exists but has not been validated on a GPU); use --device cpu"
-        );
-    }
     let config = load_config(&args.config, &args.preset)?;
     let weights = Weights::load(&config, &args.weights)
         .with_context(|| format!("loading weights {}", args.weights.display()))?;
     let inputs = tensor_io::read_inputs(&config, &args.input)
         .with_context(|| format!("reading inputs {}", args.input.display()))?;
-    let out = forward(&weights, &inputs, &ForwardOptions { dense: args.dense })
-        .with_context(|| format!("running the model on {}", args.input.display()))?;
+    let gpu = match args.device {
+        DeviceChoice::Cpu => None,
+        DeviceChoice::Cuda => Some(
+            GpuRunner::new(&weights, &inputs).context("--device cuda: the GPU pass is unusable")?,
+        ),
+        DeviceChoice::Auto => match GpuRunner::new(&weights, &inputs) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                eprintln!("running on the CPU reference: {e:#}");
+                None
+            }
+        },
+    };
+    let (out, backend) = match gpu {
+        Some(mut g) => {
+            let (out, syncs, ms) = g
+                .forward(&inputs, args.dense, args.sync.into())
+                .with_context(|| format!("running the model on {}", args.input.display()))?;
+            let note = format!(
+                "{} (f16), {ms:.2} ms, {syncs} host wait(s) inside the pass",
+                g.device_name
+            );
+            (out, note)
+        }
+        None => (
+            forward(&weights, &inputs, &ForwardOptions { dense: args.dense })
+                .with_context(|| format!("running the model on {}", args.input.display()))?,
+            "CPU reference (f32)".to_string(),
+        ),
+    };
     tensor_io::write_outputs(&config, &out, &args.output)?;
     let flops: (u64, u64) = out
         .flops
         .iter()
         .fold((0, 0), |a, f| (a.0 + f.pruned.model, a.1 + f.dense.model));
     eprintln!(
-        "wrote {}: {} sequence(s), model FLOPs {:.1}% of dense",
+        "wrote {}: {} sequence(s), model FLOPs {:.1}% of dense; {backend}",
         args.output.display(),
         out.flops.len(),
         100.0 * flops.0 as f64 / flops.1.max(1) as f64

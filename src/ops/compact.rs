@@ -386,6 +386,86 @@ pub fn compact(
     dev.check_launch("compact_gather_f16")
 }
 
+/// Checks [`seq_positions`]'s sizes: `cu_len` must be `batch + 1`,
+/// `orig_len` at least `total_rows` (the host bound on `cu_seqlens[batch]`),
+/// and `max_seqlen` positive unless `total_rows` is 0. Needs no GPU.
+pub fn validate_seq_positions(
+    batch: usize,
+    max_seqlen: usize,
+    total_rows: usize,
+    cu_len: usize,
+    orig_len: usize,
+) -> Result<()> {
+    const OP: &str = "seq_positions";
+    if batch == 0 || batch > 65_535 {
+        return Err(Error::invalid(
+            OP,
+            format!("batch = {batch}: must be in 1..=65535"),
+        ));
+    }
+    check_len(OP, "cu_seqlens", cu_len, batch + 1)?;
+    if orig_len < total_rows {
+        return Err(Error::invalid(
+            OP,
+            format!("orig_index holds {orig_len} entries, fewer than the {total_rows} rows"),
+        ));
+    }
+    if max_seqlen > total_rows {
+        return Err(Error::invalid(
+            OP,
+            format!("max_seqlen = {max_seqlen} exceeds total_rows = {total_rows}"),
+        ));
+    }
+    rows_i32(OP, total_rows, 1)?;
+    Ok(())
+}
+
+/// `orig_index[r] = r - cu_seqlens[b]` for every row `r` of sequence `b`
+/// (the positions of rows entering a pass), from `cu_seqlens` on the device.
+/// `max_seqlen` and `total_rows` are host upper bounds on the longest
+/// sequence and `cu_seqlens[batch]` (the caller's contract: the device
+/// values stay within them).
+pub fn seq_positions<C: DevicePtr<i32>, O: DevicePtrMut<i32>>(
+    dev: &Device,
+    batch: usize,
+    max_seqlen: usize,
+    total_rows: usize,
+    cu_seqlens: &C,
+    orig_index: &mut O,
+) -> Result<()> {
+    validate_seq_positions(
+        batch,
+        max_seqlen,
+        total_rows,
+        cu_seqlens.len(),
+        orig_index.len(),
+    )?;
+    crate::kernels::ensure_built()?;
+    if max_seqlen == 0 {
+        return Ok(());
+    }
+    let f = dev.function("compact", "seq_positions_i32")?;
+    let stream = dev.stream();
+    let (cu_ptr, _gcu) = cu_seqlens.device_ptr(stream);
+    let (oi_ptr, _goi) = orig_index.device_ptr_mut(stream);
+    let mut launch = stream.launch_builder(&f);
+    launch.arg(&cu_ptr).arg(&oi_ptr);
+    // SAFETY: arguments match `seq_positions_i32(const int*, int*)`;
+    // cu_seqlens holds batch + 1 entries (validated) whose rows lie below
+    // total_rows <= orig_index's length, and no sequence is longer than
+    // max_seqlen (the caller's contract), so every write is in bounds. Grid
+    // (ceil(max_seqlen / 256), batch).
+    unsafe {
+        launch.launch(LaunchConfig {
+            grid_dim: ((max_seqlen as u32).div_ceil(256), batch as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+    .map_err(|e| Error::driver("launching seq_positions_i32", e))?;
+    dev.check_launch("seq_positions_i32")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,84 +616,4 @@ mod tests {
             Err(Error::Unsupported { .. })
         ));
     }
-}
-
-/// Checks [`seq_positions`]'s sizes: `cu_len` must be `batch + 1`,
-/// `orig_len` at least `total_rows` (the host bound on `cu_seqlens[batch]`),
-/// and `max_seqlen` positive unless `total_rows` is 0. Needs no GPU.
-pub fn validate_seq_positions(
-    batch: usize,
-    max_seqlen: usize,
-    total_rows: usize,
-    cu_len: usize,
-    orig_len: usize,
-) -> Result<()> {
-    const OP: &str = "seq_positions";
-    if batch == 0 || batch > 65_535 {
-        return Err(Error::invalid(
-            OP,
-            format!("batch = {batch}: must be in 1..=65535"),
-        ));
-    }
-    check_len(OP, "cu_seqlens", cu_len, batch + 1)?;
-    if orig_len < total_rows {
-        return Err(Error::invalid(
-            OP,
-            format!("orig_index holds {orig_len} entries, fewer than the {total_rows} rows"),
-        ));
-    }
-    if max_seqlen > total_rows {
-        return Err(Error::invalid(
-            OP,
-            format!("max_seqlen = {max_seqlen} exceeds total_rows = {total_rows}"),
-        ));
-    }
-    rows_i32(OP, total_rows, 1)?;
-    Ok(())
-}
-
-/// `orig_index[r] = r - cu_seqlens[b]` for every row `r` of sequence `b`
-/// (the positions of rows entering a pass), from `cu_seqlens` on the device.
-/// `max_seqlen` and `total_rows` are host upper bounds on the longest
-/// sequence and `cu_seqlens[batch]` (the caller's contract: the device
-/// values stay within them).
-pub fn seq_positions<C: DevicePtr<i32>, O: DevicePtrMut<i32>>(
-    dev: &Device,
-    batch: usize,
-    max_seqlen: usize,
-    total_rows: usize,
-    cu_seqlens: &C,
-    orig_index: &mut O,
-) -> Result<()> {
-    validate_seq_positions(
-        batch,
-        max_seqlen,
-        total_rows,
-        cu_seqlens.len(),
-        orig_index.len(),
-    )?;
-    crate::kernels::ensure_built()?;
-    if max_seqlen == 0 {
-        return Ok(());
-    }
-    let f = dev.function("compact", "seq_positions_i32")?;
-    let stream = dev.stream();
-    let (cu_ptr, _gcu) = cu_seqlens.device_ptr(stream);
-    let (oi_ptr, _goi) = orig_index.device_ptr_mut(stream);
-    let mut launch = stream.launch_builder(&f);
-    launch.arg(&cu_ptr).arg(&oi_ptr);
-    // SAFETY: arguments match `seq_positions_i32(const int*, int*)`;
-    // cu_seqlens holds batch + 1 entries (validated) whose rows lie below
-    // total_rows <= orig_index's length, and no sequence is longer than
-    // max_seqlen (the caller's contract), so every write is in bounds. Grid
-    // (ceil(max_seqlen / 256), batch).
-    unsafe {
-        launch.launch(LaunchConfig {
-            grid_dim: ((max_seqlen as u32).div_ceil(256), batch as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        })
-    }
-    .map_err(|e| Error::driver("launching seq_positions_i32", e))?;
-    dev.check_launch("seq_positions_i32")
 }
