@@ -2,8 +2,8 @@
 # Builds, on this machine (no GPU needed), everything a GPU machine without a
 # Rust toolchain needs to check and measure smarttrim: the release GPU test
 # executable, the always-run test executables, the kernel bench executable and
-# the CLI, stripped, with the PTX embedded, plus run.sh. Output: bundle/
-# (git-ignored; pass it to the device tool as `carry`).
+# the CLI, stripped, with the PTX embedded, plus run.sh and torch_baseline.py.
+# Output: bundle/ (git-ignored; pass it to the device tool as `carry`).
 #
 #   scripts/gpu-bundle.sh [OUT_DIR]      default OUT_DIR: bundle
 #
@@ -63,7 +63,7 @@ for line in sys.stdin:
 done
 
 cp scripts/gpu-run.sh "$out/run.sh"
-[[ -f scripts/torch_baseline.py ]] && cp scripts/torch_baseline.py "$out/"
+cp scripts/torch_baseline.py "$out/"  # the PyTorch baseline run.sh runs when torch is there
 git rev-parse HEAD >"$out/COMMIT" 2>/dev/null || echo unknown >"$out/COMMIT"
 git status --porcelain | grep -q . && echo "dirty" >>"$out/COMMIT" || true
 chmod +x "$out/run.sh"
