@@ -15,7 +15,7 @@ nvcc="$(scripts/setup-cuda.sh | tail -n 1)"
 export NVCC="${NVCC:-$nvcc}"
 export SMARTTRIM_REQUIRE_CUDA=1
 
-GPU_TESTS="gpu runtime ops_validation model_validation"
+GPU_TESTS="gpu runtime ops_validation model_validation ffi"
 rm -rf "$out"
 mkdir -p "$out/bin"
 
@@ -61,6 +61,15 @@ for line in sys.stdin:
   cp "$exe" "$dest"
   strip "$dest" 2>/dev/null || true
 done
+
+# The C example, linked against the release static library (PTX embedded),
+# with its model config: run.sh runs a real pass through the C API with it.
+cargo build --release --lib --quiet
+"${CC:-gcc}" -std=c11 -Wall -Wextra -Werror -O2 -Iinclude examples/c/main.c \
+  target/release/libsmarttrim.a -ldl -lgcc_s -lutil -lrt -lpthread -lm -lc \
+  -o "$out/bin/c-example"
+strip "$out/bin/c-example" 2>/dev/null || true
+cp examples/c/tiny-meter-gpu.json "$out/"
 
 cp scripts/gpu-run.sh "$out/run.sh"
 cp scripts/torch_baseline.py "$out/"  # the PyTorch baseline run.sh runs when torch is there

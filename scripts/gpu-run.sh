@@ -100,6 +100,21 @@ tests() {
 }
 step tests tests
 
+# The C example: a real pass through the C API on a stream of its own.
+c_example() {
+  local tmp rc
+  tmp="$(mktemp -d)"
+  "$here/bin/smarttrim" init-weights --config "$here/tiny-meter-gpu.json" --seed 1 \
+    --out "$tmp/w.safetensors" &&
+    "$here/bin/c-example" "$here/tiny-meter-gpu.json" "$tmp/w.safetensors"
+  rc=$?
+  rm -rf "$tmp"
+  return $rc
+}
+if [[ -x "$here/bin/c-example" ]]; then
+  step_into tests c-example c_example
+fi
+
 if [[ $sanitizer == 1 ]]; then
   if command -v compute-sanitizer >/dev/null; then
     cs=compute-sanitizer

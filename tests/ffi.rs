@@ -39,7 +39,15 @@ fn create(config: &CString, weights: &CString) -> (i32, *mut SmarttrimModel) {
 /// The C example's model: the tiny-meter preset's GPU variant.
 #[test]
 fn example_config_is_the_tiny_meter_gpu_variant() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/c/tiny-meter-gpu.json");
+    // The source tree, or the current directory (the GPU bundle runs this
+    // executable from a copy of the repository at another path).
+    let rel = "examples/c/tiny-meter-gpu.json";
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    let path = if built.exists() {
+        built
+    } else {
+        Path::new(rel).to_path_buf()
+    };
     let want = gpu_variant(&preset("tiny-meter").unwrap());
     if std::env::var("SMARTTRIM_UPDATE_EXAMPLE_CONFIG").is_ok_and(|v| v == "1") {
         std::fs::write(&path, want.to_json().unwrap() + "\n").unwrap();
