@@ -90,11 +90,13 @@ step() { step_into "$1" "$@"; }
 step info "$here/bin/smarttrim" info --kernels
 
 export SMARTTRIM_REQUIRE_GPU=1
+# The repeated-forward test runs 1000 passes here, a few under the sanitizers.
+repeats="${SMARTTRIM_FORWARD_REPEATS:-1000}"
 tests() {
   local rc=0
   for t in "$here"/bin/test-*; do
     echo "### $t"
-    "$t" --test-threads=1 || rc=1
+    SMARTTRIM_FORWARD_REPEATS="$repeats" "$t" --test-threads=1 || rc=1
   done
   return $rc
 }
@@ -122,6 +124,7 @@ if [[ $sanitizer == 1 ]]; then
     cs="$(ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)"
   fi
   if [[ -n "$cs" ]]; then
+    export SMARTTRIM_FORWARD_REPEATS=3
     step_into sanitizer memcheck "$cs" --tool memcheck --leak-check full --error-exitcode 3 "$here/bin/test-gpu" --test-threads=1
     step_into sanitizer racecheck "$cs" --tool racecheck --racecheck-report all --error-exitcode 3 "$here/bin/test-gpu" --test-threads=1
   else
