@@ -7,7 +7,7 @@ use cudarc::driver::{CudaSlice, CudaStream, CudaView};
 use half::f16;
 
 use super::input::{prepare_inputs, PreparedInputs};
-use super::weights::{DevHeadPruner, DevLayer, DevLinear, DevLn, GpuModel};
+use super::weights::{DevCross, DevHeadPruner, DevLayer, DevLinear, DevLn, GpuModel};
 use super::workspace::{GraphEntry, GraphKey, StreamWs, Workspace, WorkspaceLayout, MAX_GRAPHS};
 use super::{GpuForwardOptions, GpuLayerRecord, GpuOutputs, GpuStreamOutput, SyncPolicy};
 use crate::device::Device;
@@ -280,6 +280,31 @@ fn linear(
         },
         y,
     )
+}
+
+/// Cross-attention up to its context (before the output projection): the
+/// query projection of `x_q`, the key/value projection of the other
+/// stream's rows, and attention over them into `ctx`. Pre- and post-LN
+/// layers differ only in what they feed and do around it.
+#[allow(clippy::too_many_arguments)]
+fn cross_context(
+    blas: &Lin<'_>,
+    shape: &AttentionShape,
+    cw: &DevCross,
+    o: &OtherRef<'_>,
+    x_q: &CudaSlice<f16>,
+    cu_q: &CudaView<'_, i32>,
+    heads: &HeadSelection<'_, CudaSlice<i32>, CudaSlice<i32>, CudaView<'_, u8>>,
+    (q, kv, ctx): (
+        &mut CudaSlice<f16>,
+        &mut CudaSlice<f16>,
+        &mut CudaSlice<f16>,
+    ),
+) -> Result<()> {
+    let (n, d) = (shape.rows_q, shape.heads * shape.head_dim);
+    linear(blas, n, d, d, x_q, &cw.q, true, q)?;
+    linear(blas, o.n, o.d, 2 * d, o.rows, &cw.kv, true, kv)?;
+    cross_attention(blas.dev, shape, q, kv, cu_q, &o.cu, heads, ctx)
 }
 
 /// `out = LN(x (+ residual))` on the rows below the device count `nd`.
@@ -1146,18 +1171,8 @@ impl GpuModel {
             bias_residual(dev, cols(d), &mut w.h, &lw.self_out.b, xin, Some(&nd))?;
             let hcur = if let Some((cw, o)) = cross {
                 ln(dev, n, d, eps, &w.h, None, &cw.ln, &nd, &mut w.a)?;
-                linear(blas, n, d, d, &w.a, &cw.q, true, &mut w.q)?;
-                linear(blas, o.n, o.d, 2 * d, o.rows, &cw.kv, true, &mut w.kv)?;
-                cross_attention(
-                    dev,
-                    &cross_shape(o),
-                    &w.q,
-                    &w.kv,
-                    &cu_v,
-                    &o.cu,
-                    &sel_c,
-                    &mut w.ctx,
-                )?;
+                let bufs = (&mut w.q, &mut w.kv, &mut w.ctx);
+                cross_context(blas, &cross_shape(o), cw, o, &w.a, &cu_v, &sel_c, bufs)?;
                 linear(blas, n, d, d, &w.ctx, &cw.out, false, &mut w.t)?;
                 bias_residual(dev, cols(d), &mut w.t, &cw.out.b, &w.h, Some(&nd))?;
                 &w.t
@@ -1175,18 +1190,8 @@ impl GpuModel {
             linear(blas, n, d, d, &w.ctx, &lw.self_out, true, &mut w.t)?;
             ln(dev, n, d, eps, &w.t, Some(xin), &lw.self_ln, &nd, &mut w.h)?;
             let hcur = if let Some((cw, o)) = cross {
-                linear(blas, n, d, d, &w.h, &cw.q, true, &mut w.q)?;
-                linear(blas, o.n, o.d, 2 * d, o.rows, &cw.kv, true, &mut w.kv)?;
-                cross_attention(
-                    dev,
-                    &cross_shape(o),
-                    &w.q,
-                    &w.kv,
-                    &cu_v,
-                    &o.cu,
-                    &sel_c,
-                    &mut w.ctx,
-                )?;
+                let bufs = (&mut w.q, &mut w.kv, &mut w.ctx);
+                cross_context(blas, &cross_shape(o), cw, o, &w.h, &cu_v, &sel_c, bufs)?;
                 linear(blas, n, d, d, &w.ctx, &cw.out, true, &mut w.t)?;
                 ln(dev, n, d, eps, &w.t, Some(&w.h), &cw.ln, &nd, &mut w.a)?;
                 &w.a
