@@ -954,3 +954,35 @@ fn stream_flops_from_statistics_equals_the_reference() {
         }
     }
 }
+
+/// `check_inputs` validates exactly as `embed_inputs` does and gives the same
+/// shapes (token and pixel streams without their rows).
+#[test]
+fn check_inputs_matches_embed_inputs() {
+    use smarttrim::reference::model::{check_inputs, embed_inputs};
+    for name in ["tiny-meter", "tiny-bert", "tiny-vit", "tiny-blip"] {
+        let c = preset(name).unwrap();
+        let w = Weights::random(&c, 3).unwrap();
+        let emb: Vec<_> = w.streams.iter().map(|s| &s.embeddings).collect();
+        let inputs = smarttrim::reference::synthetic_inputs(&c, 5, 4, true);
+        let (full, fctx) = embed_inputs(&c, &emb, &inputs).unwrap();
+        let (shape, sctx) = check_inputs(&c, &emb, &inputs).unwrap();
+        for (f, s) in full.iter().zip(&shape) {
+            assert_eq!(f.cu_seqlens, s.cu_seqlens, "{name}");
+            assert_eq!(f.orig_index, s.orig_index, "{name}");
+            assert!(s.rows.is_empty() || s.rows == f.rows, "{name}");
+        }
+        assert_eq!(fctx, sctx, "{name}");
+        // A broken input: the same message from both.
+        let mut bad = inputs.clone();
+        match &mut bad.streams[0] {
+            StreamInput::Packed { cu_seqlens, .. } | StreamInput::Tokens { cu_seqlens, .. } => {
+                cu_seqlens[0] = 1
+            }
+            StreamInput::Pixels { pixels, .. } => pixels[0] = f32::NAN,
+        }
+        let a = embed_inputs(&c, &emb, &bad).unwrap_err().to_string();
+        let b = check_inputs(&c, &emb, &bad).unwrap_err().to_string();
+        assert_eq!(a, b, "{name}");
+    }
+}

@@ -180,6 +180,19 @@ pub fn embed(
     input: &StreamInput,
     errs: &mut Vec<String>,
 ) -> Option<Packed> {
+    embed_or_check(s, w, input, errs, true)
+}
+
+/// [`embed`], or with `compute` false only its validation: token and pixel
+/// streams then come back with empty `rows` (their `cu_seqlens` and
+/// `orig_index` as embedding would give them).
+fn embed_or_check(
+    s: &StreamConfig,
+    w: &EmbeddingWeights,
+    input: &StreamInput,
+    errs: &mut Vec<String>,
+    compute: bool,
+) -> Option<Packed> {
     let d = s.hidden;
     let name = &s.name;
     match (&s.embedding, w, input) {
@@ -255,6 +268,9 @@ pub fn embed(
                 return None;
             }
             let p = Packed::new(Vec::new(), d, cu_seqlens.clone());
+            if !compute {
+                return Some(p);
+            }
             let mut rows = vec![0.0f32; total * d];
             rows.par_chunks_mut(d).enumerate().for_each(|(i, r)| {
                 let id = ids[i] as usize;
@@ -294,6 +310,14 @@ pub fn embed(
                 return None;
             }
             let g = is / ps;
+            if !compute {
+                let n = (g * g + 1) as i32;
+                return Some(Packed::new(
+                    Vec::new(),
+                    d,
+                    (0..=*batch as i32).map(|b| b * n).collect(),
+                ));
+            }
             let np = g * g;
             let pin = c * ps * ps;
             let mut patches = vec![0.0f32; batch * np * pin];
@@ -475,6 +499,27 @@ pub fn embed_inputs(
     embeddings: &[&EmbeddingWeights],
     inputs: &Inputs,
 ) -> Result<(Vec<Packed>, Option<Packed>)> {
+    embed_inputs_impl(cfg, embeddings, inputs, true)
+}
+
+/// The validation of [`embed_inputs`] without the embedding itself: packed
+/// streams and the context come back whole, token and pixel streams with
+/// empty `rows` but their `cu_seqlens` and `orig_index` (for a backend that
+/// embeds elsewhere, e.g. on the GPU).
+pub fn check_inputs(
+    cfg: &ModelConfig,
+    embeddings: &[&EmbeddingWeights],
+    inputs: &Inputs,
+) -> Result<(Vec<Packed>, Option<Packed>)> {
+    embed_inputs_impl(cfg, embeddings, inputs, false)
+}
+
+fn embed_inputs_impl(
+    cfg: &ModelConfig,
+    embeddings: &[&EmbeddingWeights],
+    inputs: &Inputs,
+    compute: bool,
+) -> Result<(Vec<Packed>, Option<Packed>)> {
     let ns = cfg.streams.len();
     if inputs.streams.len() != ns {
         return Err(Error::Input(vec![format!(
@@ -491,7 +536,7 @@ pub fn embed_inputs(
     let mut errs = Vec::new();
     let mut xs: Vec<Packed> = Vec::new();
     for ((s, w), inp) in cfg.streams.iter().zip(embeddings).zip(&inputs.streams) {
-        if let Some(p) = embed(s, w, inp, &mut errs) {
+        if let Some(p) = embed_or_check(s, w, inp, &mut errs, compute) {
             xs.push(p);
         }
     }
