@@ -60,6 +60,9 @@ fn stream_bytes_by_hand(s: &StreamLayout, b: usize) -> usize {
         + 2 * b * d + 4 * b * d
         // logs: scores f32, keep u8, logits f32, masks u8
         + 4 * l * r + l * r + 4 * l * 2 * b * h + l * 2 * b * h
+        // embedding inputs: ids, type ids (u32), pixels (f32), patches and
+        // projected patches (f16)
+        + 4 * 2 * m1(s.ids) + 4 * m1(s.pixels) + 2 * (m1(s.patches) + m1(s.patch_out))
 }
 
 #[test]
@@ -263,4 +266,36 @@ fn inputs_are_validated_before_device_work() {
         prepare_inputs(&cfg, &embeddings(&w), &inputs, None),
         Err(Error::Input(_))
     ));
+}
+
+/// Embedding input buffers: token and type ids for a BERT stream, pixels,
+/// patch rows and projected patches for a ViT stream, nothing otherwise.
+#[test]
+fn workspace_embedding_buffers() {
+    let vit = gpu_variant(&preset("tiny-vit").unwrap());
+    let lay = WorkspaceLayout::new(
+        &vit,
+        &Capacity {
+            max_batch: 2,
+            max_seqlen: vec![17],
+            context_max_seqlen: 0,
+        },
+    )
+    .unwrap();
+    let s = &lay.streams[0];
+    // 32 px images, 8 px patches, 3 channels: 16 patches of 192 values.
+    assert_eq!((s.ids, s.pixels), (0, 2 * 3 * 32 * 32));
+    assert_eq!((s.patches, s.patch_out), (2 * 16 * 192, 2 * 16 * s.d));
+    let bert = gpu_variant(&preset("tiny-bert").unwrap());
+    let lay = WorkspaceLayout::new(
+        &bert,
+        &Capacity {
+            max_batch: 3,
+            max_seqlen: vec![31],
+            context_max_seqlen: 0,
+        },
+    )
+    .unwrap();
+    let s = &lay.streams[0];
+    assert_eq!((s.ids, s.pixels, s.patches, s.patch_out), (3 * 31, 0, 0, 0));
 }

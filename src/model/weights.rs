@@ -144,7 +144,28 @@ pub(crate) struct DevLayer {
     pub(crate) ffn_ln: DevLn,
 }
 
+/// A stream's embedding tables on the device.
+pub(crate) enum DevEmbedding {
+    /// Packed rows are the input.
+    None,
+    /// ViT: patch projection `[D, C*P*P]` (+ bias), CLS `[D]`, positions
+    /// `[N, D]`.
+    Vit {
+        patch: DevLinear,
+        cls: CudaSlice<f16>,
+        position: CudaSlice<f16>,
+    },
+    /// BERT: word, position and type tables `[_, D]` and the embedding LN.
+    Bert {
+        word: CudaSlice<f16>,
+        position: CudaSlice<f16>,
+        token_type: CudaSlice<f16>,
+        ln: DevLn,
+    },
+}
+
 pub(crate) struct DevStream {
+    pub(crate) embedding: DevEmbedding,
     pub(crate) layers: Vec<DevLayer>,
     pub(crate) final_ln: Option<DevLn>,
 }
@@ -202,6 +223,31 @@ impl Uploader<'_> {
             b2: t.b2,
             hs: t.hs,
             d_other: t.d_other,
+        })
+    }
+    fn embedding(&mut self, e: &EmbeddingWeights) -> Result<DevEmbedding> {
+        Ok(match e {
+            EmbeddingWeights::None => DevEmbedding::None,
+            EmbeddingWeights::Vit {
+                patch,
+                cls,
+                position,
+            } => DevEmbedding::Vit {
+                patch: self.linear(patch)?,
+                cls: self.vec(cls)?,
+                position: self.vec(position)?,
+            },
+            EmbeddingWeights::Bert {
+                word,
+                position,
+                token_type,
+                ln,
+            } => DevEmbedding::Bert {
+                word: self.vec(word)?,
+                position: self.vec(position)?,
+                token_type: self.vec(token_type)?,
+                ln: self.ln(ln)?,
+            },
         })
     }
     fn head(&mut self, h: &HeadPrunerWeights) -> Result<DevHeadPruner> {
@@ -311,6 +357,7 @@ fn upload_model(dev: Device, weights: &Weights, cfg: &ModelConfig) -> Result<Gpu
                 });
             }
             streams.push(DevStream {
+                embedding: up.embedding(&sw.embeddings)?,
                 layers,
                 final_ln: sw.final_ln.as_ref().map(|l| up.ln(l)).transpose()?,
             });

@@ -10,7 +10,7 @@ use super::input::PreparedInputs;
 use super::weights::GpuModel;
 use crate::ops::compact::BUDGET_MAX_ROWS;
 use crate::ops::BlasWorkspace;
-use crate::spec::{KeepRule, ModelConfig, ModelKind};
+use crate::spec::{EmbeddingConfig, KeepRule, ModelConfig, ModelKind};
 use crate::{Error, Result};
 
 const OP: &str = "Workspace";
@@ -106,6 +106,15 @@ pub struct StreamLayout {
     pub layers: usize,
     /// Whether the layers have cross-attention.
     pub cross: bool,
+    /// Token and type ids a BERT stream's embedding reads (elements; 0 for
+    /// other streams).
+    pub ids: usize,
+    /// Pixels (f32) a ViT stream's embedding reads (0 for other streams).
+    pub pixels: usize,
+    /// ViT patch rows `[max_batch * patches, C * P * P]` f16 (elements).
+    pub patches: usize,
+    /// ViT projected patches `[max_batch * patches, D]` f16 (elements).
+    pub patch_out: usize,
 }
 
 impl StreamLayout {
@@ -149,6 +158,11 @@ impl StreamLayout {
             ("keep_log", self.layers * r, 1),
             ("logit_log", self.layers * 2 * b * h, 4),
             ("mask_log", self.layers * 2 * b * h, 1),
+            ("ids", self.ids, 4),
+            ("type_ids", self.ids, 4),
+            ("pixels", self.pixels, 4),
+            ("patches", self.patches, 2),
+            ("patch_out", self.patch_out, 2),
         ]
     }
 
@@ -284,7 +298,33 @@ impl WorkspaceLayout {
                 .filter_map(|l| l.token_pruner.as_ref().map(|t| sc.token_pruner_hidden(t)))
                 .max()
                 .unwrap_or(0);
+            let (ids, pixels, patches, patch_out) = match sc.embedding {
+                EmbeddingConfig::None => (0, 0, 0, 0),
+                EmbeddingConfig::Bert { .. } => (rows[s], 0, 0, 0),
+                EmbeddingConfig::Vit {
+                    image_size,
+                    patch_size,
+                    channels,
+                } => {
+                    let np = (image_size / patch_size).pow(2);
+                    let px = b.checked_mul(channels * image_size * image_size);
+                    let pr = b * np;
+                    (
+                        0,
+                        fits_i32("pixels", px)?,
+                        fits_i32(
+                            "patches",
+                            pr.checked_mul(channels * patch_size * patch_size),
+                        )?,
+                        fits_i32("patch rows", pr.checked_mul(sc.hidden))?,
+                    )
+                }
+            };
             streams.push(StreamLayout {
+                ids,
+                pixels,
+                patches,
+                patch_out,
                 rows: rows[s],
                 max_seqlen: cap.max_seqlen[s].max(1),
                 d: sc.hidden,
@@ -351,6 +391,11 @@ pub(crate) struct StreamWs {
     pub(crate) keep_log: CudaSlice<u8>,
     pub(crate) logit_log: CudaSlice<f32>,
     pub(crate) mask_log: CudaSlice<u8>,
+    pub(crate) ids: CudaSlice<u32>,
+    pub(crate) type_ids: CudaSlice<u32>,
+    pub(crate) pixels: CudaSlice<f32>,
+    pub(crate) patches: CudaSlice<f16>,
+    pub(crate) patch_out: CudaSlice<f16>,
 }
 
 /// Every device buffer a forward pass of one model needs, up to a
@@ -492,6 +537,11 @@ impl Workspace {
                 keep_log: u8b("keep_log")?,
                 logit_log: f32b("logit_log")?,
                 mask_log: u8b("mask_log")?,
+                ids: zeros::<u32>(stream, n("ids"), "ids")?,
+                type_ids: zeros::<u32>(stream, n("type_ids"), "type_ids")?,
+                pixels: f32b("pixels")?,
+                patches: h16("patches")?,
+                patch_out: h16("patch_out")?,
             });
         }
         let context_rows = zeros::<f16>(
