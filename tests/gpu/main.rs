@@ -9,6 +9,7 @@ mod attention;
 mod common;
 mod compact;
 mod elementwise;
+mod embed;
 mod forward;
 mod gemm;
 mod layernorm;
