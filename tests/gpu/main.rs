@@ -13,4 +13,5 @@ mod embed;
 mod forward;
 mod gemm;
 mod layernorm;
+mod minilm;
 mod score;
