@@ -5,6 +5,10 @@
 use smarttrim::kernels;
 use smarttrim::ops::compact::{validate_compact, CompactLens, CompactShape};
 use smarttrim::ops::elementwise::{validate_cols, validate_pool, ColsShape, PoolShape};
+use smarttrim::ops::embed::{
+    check_bert_ids, validate_vit_assemble, validate_vit_embed, validate_vit_patchify,
+    BertEmbedLens, BertEmbedShape, VitAssembleLens, VitEmbedLens, VitEmbedShape,
+};
 use smarttrim::ops::score::{
     validate_head_scores, validate_token_scores, HeadScoreDims, HeadScoreLens, TokenScoreDims,
     TokenScoreLens,
@@ -370,6 +374,10 @@ fn ptx_modules_export_expected_entries() {
             ],
         ),
         (
+            "embed",
+            &["bert_embed_f16", "vit_patchify_f16", "vit_assemble_f16"],
+        ),
+        (
             "score",
             &[
                 "score_context_f16",
@@ -423,4 +431,392 @@ fn score_split_heuristic() {
     // Want 4 of 6 slices -> the largest divisor below: 3.
     assert_eq!(score_splits(130, 384, 132), 3);
     assert_eq!(score_splits(1, 64, 132), 1);
+}
+
+fn bert_ok() -> (BertEmbedShape, BertEmbedLens) {
+    let (b, t, d, v, mp, tv) = (3usize, 74usize, 384usize, 1000usize, 512usize, 2usize);
+    (
+        BertEmbedShape {
+            batch: b,
+            total_rows: t,
+            d,
+            vocab_size: v,
+            max_positions: mp,
+            type_vocab_size: tv,
+            position_offset: 0,
+            eps: 1e-12,
+        },
+        BertEmbedLens {
+            ids: t,
+            type_ids: Some(t),
+            cu_seqlens: b + 1,
+            word: v * d,
+            position: mp * d,
+            token_type: tv * d,
+            gamma: d,
+            beta: d,
+            out: t * d,
+            orig_index: t,
+        },
+    )
+}
+
+/// The `op` and message of an `InvalidArgument`, or a panic.
+fn invalid(r: smarttrim::Result<()>) -> (&'static str, String) {
+    match r {
+        Err(Error::InvalidArgument { op, message }) => (op, message),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}
+
+#[test]
+fn bert_embed_validation() {
+    let (shape, lens) = bert_ok();
+    shape.validate(&lens).unwrap();
+    shape
+        .validate(&BertEmbedLens {
+            type_ids: None,
+            ..lens
+        })
+        .unwrap();
+    // Longer id/output buffers (workspace regions) are fine.
+    shape
+        .validate(&BertEmbedLens {
+            ids: 100,
+            out: 100 * 384,
+            orig_index: 100,
+            ..lens
+        })
+        .unwrap();
+    // Empty pass: valid, nothing launched.
+    BertEmbedShape {
+        total_rows: 0,
+        ..shape
+    }
+    .validate(&lens)
+    .unwrap();
+    let bad_shapes = [
+        (BertEmbedShape { d: 380, ..shape }, "d = 380"),
+        (BertEmbedShape { d: 0, ..shape }, "d = 0"),
+        (BertEmbedShape { eps: 0.0, ..shape }, "eps"),
+        (
+            BertEmbedShape {
+                eps: f32::NAN,
+                ..shape
+            },
+            "eps",
+        ),
+        (BertEmbedShape { batch: 0, ..shape }, "batch = 0"),
+        (
+            BertEmbedShape {
+                vocab_size: 0,
+                ..shape
+            },
+            "vocab_size",
+        ),
+        (
+            BertEmbedShape {
+                position_offset: 512,
+                ..shape
+            },
+            "position_offset",
+        ),
+        (
+            BertEmbedShape {
+                total_rows: 75,
+                ..shape
+            },
+            "`ids`",
+        ),
+    ];
+    for (s, needle) in bad_shapes {
+        let (op, msg) = invalid(s.validate(&lens));
+        assert_eq!(op, "bert_embed");
+        assert!(msg.contains(needle), "{s:?}: {msg}");
+    }
+    let bad_lens = [
+        (BertEmbedLens { ids: 73, ..lens }, "`ids`"),
+        (
+            BertEmbedLens {
+                type_ids: Some(10),
+                ..lens
+            },
+            "`type_ids`",
+        ),
+        (
+            BertEmbedLens {
+                cu_seqlens: 5,
+                ..lens
+            },
+            "`cu_seqlens`",
+        ),
+        (
+            BertEmbedLens {
+                word: 999 * 384,
+                ..lens
+            },
+            "`word`",
+        ),
+        (
+            BertEmbedLens {
+                position: 513 * 384,
+                ..lens
+            },
+            "`position`",
+        ),
+        (
+            BertEmbedLens {
+                token_type: 384,
+                ..lens
+            },
+            "`token_type`",
+        ),
+        (BertEmbedLens { gamma: 383, ..lens }, "`gamma`"),
+        (BertEmbedLens { beta: 385, ..lens }, "`beta`"),
+        (
+            BertEmbedLens {
+                out: 74 * 384 - 1,
+                ..lens
+            },
+            "`out`",
+        ),
+        (
+            BertEmbedLens {
+                orig_index: 73,
+                ..lens
+            },
+            "`orig_index`",
+        ),
+    ];
+    for (l, needle) in bad_lens {
+        let (_, msg) = invalid(shape.validate(&l));
+        assert!(msg.contains(needle), "{l:?}: {msg}");
+    }
+}
+
+#[test]
+fn bert_host_id_check() {
+    let (shape, _) = bert_ok();
+    let cu = [0, 1, 33, 74];
+    let ids: Vec<u32> = (0..74).map(|i| (i * 13 % 1000) as u32).collect();
+    let types: Vec<u32> = (0..74).map(|i| (i % 2) as u32).collect();
+    check_bert_ids(&shape, &ids, Some(&types), &cu).unwrap();
+    check_bert_ids(&shape, &ids, None, &cu).unwrap();
+    let mut bad = ids.clone();
+    bad[40] = 1000;
+    let mut bad_types = types.clone();
+    bad_types[3] = 2;
+    match check_bert_ids(&shape, &bad, Some(&bad_types), &cu) {
+        Err(Error::Input(errs)) => {
+            assert_eq!(errs.len(), 2, "{errs:?}");
+            assert!(errs[0].contains("token id 1000 at 40"), "{errs:?}");
+            assert!(errs[1].contains("type id 2 at 3"), "{errs:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A sequence longer than the position table (with RoBERTa's offset).
+    let short = BertEmbedShape {
+        max_positions: 42,
+        position_offset: 2,
+        ..shape
+    };
+    match check_bert_ids(&short, &ids, None, &cu) {
+        Err(Error::Input(errs)) => {
+            assert!(errs[0].contains("sequence 2 has 41 tokens"), "{errs:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let roberta_fits = BertEmbedShape {
+        max_positions: 43,
+        ..short
+    };
+    check_bert_ids(&roberta_fits, &ids, None, &cu).unwrap();
+    // cu_seqlens: wrong start, decreasing, wrong end; wrong lengths.
+    for bad_cu in [[1, 1, 33, 74], [0, 34, 33, 74], [0, 1, 33, 73]] {
+        assert!(
+            matches!(
+                check_bert_ids(&shape, &ids, None, &bad_cu),
+                Err(Error::Input(_))
+            ),
+            "{bad_cu:?}"
+        );
+    }
+    assert!(matches!(
+        check_bert_ids(&shape, &ids, None, &[0, 74]),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        check_bert_ids(&shape, &ids[..73], None, &cu),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        check_bert_ids(&shape, &ids, Some(&types[..70]), &cu),
+        Err(Error::Input(_))
+    ));
+}
+
+#[test]
+fn bert_shape_from_config() {
+    let cfg = smarttrim::spec::preset("tiny-bert").unwrap();
+    let s = &cfg.streams[0];
+    let shape = BertEmbedShape::from_stream(s, 2, 9).unwrap();
+    assert_eq!((shape.batch, shape.total_rows, shape.d), (2, 9, s.hidden));
+    assert_eq!(shape.eps, s.ln_eps);
+    let vit = smarttrim::spec::preset("tiny-vit").unwrap();
+    let (op, msg) = invalid(BertEmbedShape::from_stream(&vit.streams[0], 2, 9).map(|_| ()));
+    assert_eq!(op, "bert_embed");
+    assert!(msg.contains("not a BERT embedding"), "{msg}");
+    assert!(VitEmbedShape::from_stream(&s.clone(), 2).is_err());
+}
+
+fn vit_ok() -> VitEmbedShape {
+    VitEmbedShape {
+        batch: 2,
+        channels: 3,
+        image_size: 32,
+        patch_size: 8,
+        d: 64,
+    }
+}
+
+fn assemble_lens(s: &VitEmbedShape) -> VitAssembleLens {
+    VitAssembleLens {
+        patch_out: s.patch_rows() * s.d,
+        cls: s.d,
+        position: s.rows_per_image() * s.d,
+        rows: s.total_rows() * s.d,
+        orig_index: s.total_rows(),
+        cu_seqlens: s.batch + 1,
+    }
+}
+
+#[test]
+fn vit_embed_validation() {
+    let s = vit_ok();
+    assert_eq!(
+        (
+            s.patches(),
+            s.patch_dim(),
+            s.rows_per_image(),
+            s.total_rows()
+        ),
+        (16, 192, 17, 34)
+    );
+    s.validate().unwrap();
+    validate_vit_patchify(&s, s.pixels_len(), s.patch_rows() * s.patch_dim()).unwrap();
+    validate_vit_assemble(&s, &assemble_lens(&s)).unwrap();
+    let lens = VitEmbedLens {
+        pixels: s.pixels_len(),
+        patch_weight: s.d * s.patch_dim(),
+        patch_bias: s.d,
+        patches: s.patch_rows() * s.patch_dim(),
+        assemble: assemble_lens(&s),
+    };
+    validate_vit_embed(&s, &lens).unwrap();
+
+    for (bad, needle) in [
+        (VitEmbedShape { batch: 0, ..s }, "batch = 0"),
+        (VitEmbedShape { channels: 0, ..s }, "must be positive"),
+        (VitEmbedShape { patch_size: 0, ..s }, "must be positive"),
+        (VitEmbedShape { patch_size: 6, ..s }, "does not divide"),
+        (VitEmbedShape { d: 60, ..s }, "d = 60"),
+    ] {
+        let (op, msg) = invalid(bad.validate());
+        assert_eq!(op, "vit_embed");
+        assert!(msg.contains(needle), "{bad:?}: {msg}");
+    }
+    // C * p * p = 3 * 14 * 14 = 588 rows cannot be stored as 16-byte vectors.
+    let p14 = VitEmbedShape {
+        image_size: 224,
+        patch_size: 14,
+        ..s
+    };
+    assert!(matches!(p14.validate(), Err(Error::Unsupported { .. })));
+
+    let (op, msg) = invalid(validate_vit_patchify(
+        &s,
+        s.pixels_len() - 1,
+        s.patch_rows() * s.patch_dim(),
+    ));
+    assert_eq!(op, "vit_patchify");
+    assert!(msg.contains("`pixels`"), "{msg}");
+    let (_, msg) = invalid(validate_vit_patchify(&s, s.pixels_len(), 100));
+    assert!(msg.contains("`patches`"), "{msg}");
+
+    let a = assemble_lens(&s);
+    for (bad, needle) in [
+        (
+            VitAssembleLens {
+                patch_out: a.patch_out - 8,
+                ..a
+            },
+            "`patch_out`",
+        ),
+        (VitAssembleLens { cls: 128, ..a }, "`cls`"),
+        (
+            VitAssembleLens {
+                position: 16 * 64,
+                ..a
+            },
+            "`position`",
+        ),
+        (VitAssembleLens { rows: 64, ..a }, "`rows`"),
+        (
+            VitAssembleLens {
+                orig_index: 33,
+                ..a
+            },
+            "`orig_index`",
+        ),
+        (VitAssembleLens { cu_seqlens: 4, ..a }, "`cu_seqlens`"),
+    ] {
+        let (op, msg) = invalid(validate_vit_assemble(&s, &bad));
+        assert_eq!(op, "vit_assemble");
+        assert!(msg.contains(needle), "{bad:?}: {msg}");
+    }
+
+    // The composed check covers the GEMM's operands too.
+    assert!(validate_vit_embed(
+        &s,
+        &VitEmbedLens {
+            patch_weight: 64 * 191,
+            ..lens
+        }
+    )
+    .is_err());
+    assert!(validate_vit_embed(
+        &s,
+        &VitEmbedLens {
+            patch_weight: 64 * 193,
+            ..lens
+        }
+    )
+    .is_err());
+    assert!(validate_vit_embed(
+        &s,
+        &VitEmbedLens {
+            patch_bias: 65,
+            ..lens
+        }
+    )
+    .is_err());
+    assert!(validate_vit_embed(
+        &s,
+        &VitEmbedLens {
+            assemble: VitAssembleLens { cls: 8, ..a },
+            ..lens
+        }
+    )
+    .is_err());
+}
+
+#[test]
+fn vit_shape_from_config() {
+    let vit = smarttrim::spec::preset("tiny-vit").unwrap();
+    let sc = &vit.streams[0];
+    let s = VitEmbedShape::from_stream(sc, 4).unwrap();
+    s.validate().unwrap();
+    assert_eq!(Some(s.rows_per_image()), sc.embedding.vit_rows());
+    assert_eq!(s.total_rows(), 4 * s.rows_per_image());
+    assert_eq!(s.d, sc.hidden);
 }

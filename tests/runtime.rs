@@ -11,7 +11,13 @@ use smarttrim::Error;
 
 /// Every entry point the runtime loads, by module. A kernel file added
 /// later lists its entries here too.
-const EXPECTED_ENTRIES: &[(&str, &[&str])] = &[("elementwise", &["layernorm_f16"])];
+const EXPECTED_ENTRIES: &[(&str, &[&str])] = &[
+    ("elementwise", &["layernorm_f16"]),
+    (
+        "embed",
+        &["bert_embed_f16", "vit_patchify_f16", "vit_assemble_f16"],
+    ),
+];
 
 /// True when the kernels are embedded; otherwise prints why the test is
 /// skipped (failing instead under SMARTTRIM_REQUIRE_CUDA=1, as in CI).

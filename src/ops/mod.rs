@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod compact;
 pub mod elementwise;
+pub mod embed;
 pub mod gemm;
 pub mod layernorm;
 pub mod score;
@@ -20,6 +21,12 @@ pub use compact::{
 };
 pub use elementwise::{
     bias_gelu, bias_residual, first_token, mean_pool, ColsShape, PoolOut, PoolShape,
+};
+pub use embed::{
+    bert_embed, check_bert_ids, validate_vit_assemble, validate_vit_embed, validate_vit_patchify,
+    vit_assemble, vit_embed, vit_patchify, BertEmbedInputs, BertEmbedLens, BertEmbedOutputs,
+    BertEmbedShape, BertEmbedTables, VitAssembleInputs, VitAssembleLens, VitEmbedLens,
+    VitEmbedOutputs, VitEmbedScratch, VitEmbedShape, VitEmbedWeights,
 };
 pub use gemm::{Blas, BlasWorkspace, Epilogue, LinearShape};
 pub use layernorm::{layer_norm, layer_norm_ext, LayerNormExtras, LayerNormLens, LayerNormShape};
