@@ -15,7 +15,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut};
 use half::f16;
 
-use super::forward::{PassEnd, PassShape};
+use super::forward::{PassEnd, PassShape, Source};
 use super::weights::GpuModel;
 use super::workspace::{Workspace, WorkspaceLayout};
 use super::GpuForwardOptions;
@@ -249,6 +249,8 @@ impl GpuModel {
             batch,
             lengths,
             context: context.as_ref().map(|(_, l, d)| (l.clone(), *d)),
+            // The caller hands embedded rows: no embedding runs.
+            sources: vec![Source::Rows; ns],
         };
 
         // Inputs into the workspace's first buffers, positions on the device.

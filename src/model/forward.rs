@@ -6,20 +6,22 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaStream, CudaView};
 use half::f16;
 
-use super::input::{prepare_inputs, PreparedInputs};
-use super::weights::{DevCross, DevHeadPruner, DevLayer, DevLinear, DevLn, GpuModel};
+use super::input::{check_pass_inputs, PreparedInputs};
+use super::weights::{DevCross, DevEmbedding, DevHeadPruner, DevLayer, DevLinear, DevLn, GpuModel};
 use super::workspace::{GraphEntry, GraphKey, StreamWs, Workspace, WorkspaceLayout, MAX_GRAPHS};
 use super::{GpuForwardOptions, GpuLayerRecord, GpuOutputs, GpuStreamOutput, SyncPolicy};
 use crate::device::Device;
 use crate::ops::{
-    bias_gelu, bias_residual, build_active_heads, compact, cross_attention, first_token,
-    head_scores, layer_norm_ext, mean_pool, self_attention, token_scores, AttentionShape, Blas,
-    BlasWorkspace, ColsShape, CompactInputs, CompactOutputs, CompactShape, Epilogue, HeadPrunerDev,
-    HeadScoreOutputs, HeadScoreWorkspace, HeadSelection, KeepRuleDev, LayerNormExtras,
-    LayerNormShape, LinearShape, LnDev, OtherStream, PoolOut, PoolShape, PrunerInput,
-    TokenPrunerDev, TokenScoreOutputs, TokenScoreWorkspace,
+    bert_embed, bias_gelu, bias_residual, build_active_heads, compact, cross_attention,
+    first_token, head_scores, layer_norm_ext, mean_pool, self_attention, token_scores,
+    vit_assemble, vit_patchify, AttentionShape, BertEmbedInputs, BertEmbedOutputs, BertEmbedShape,
+    BertEmbedTables, Blas, BlasWorkspace, ColsShape, CompactInputs, CompactOutputs, CompactShape,
+    Epilogue, HeadPrunerDev, HeadScoreOutputs, HeadScoreWorkspace, HeadSelection, KeepRuleDev,
+    LayerNormExtras, LayerNormShape, LinearShape, LnDev, OtherStream, PoolOut, PoolShape,
+    PrunerInput, TokenPrunerDev, TokenScoreOutputs, TokenScoreWorkspace, VitAssembleInputs,
+    VitEmbedOutputs, VitEmbedShape,
 };
-use crate::reference::model::Inputs;
+use crate::reference::model::{Inputs, StreamInput};
 use crate::reference::{HeadRecord, Packed};
 use crate::spec::flops::{stream_flops, LayerRun};
 use crate::spec::{
@@ -37,14 +39,39 @@ pub(crate) struct PassShape {
     pub(crate) lengths: Vec<Vec<i32>>,
     /// A cross encoder's context: sequence lengths and width.
     pub(crate) context: Option<(Vec<i32>, usize)>,
+    /// Per stream: what the pass starts from.
+    pub(crate) sources: Vec<Source>,
+}
+
+/// What a stream's pass starts from in the workspace's first buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Rows entering the first layer, `cu_seqlens` and `orig_index`.
+    Rows,
+    /// Token ids (and type ids when `type_ids`) and `cu_seqlens`: the BERT
+    /// embedding runs first, on the device.
+    Tokens { type_ids: bool },
+    /// Pixels: the ViT embedding runs first, on the device.
+    Pixels,
 }
 
 impl PassShape {
-    fn of(prep: &PreparedInputs) -> Self {
+    fn of(prep: &PreparedInputs, inputs: &Inputs) -> Self {
         PassShape {
             batch: prep.batch,
             lengths: prep.streams.iter().map(|p| p.lengths()).collect(),
             context: prep.context.as_ref().map(|c| (c.lengths(), c.d)),
+            sources: inputs
+                .streams
+                .iter()
+                .map(|i| match i {
+                    StreamInput::Packed { .. } => Source::Rows,
+                    StreamInput::Tokens { type_ids, .. } => Source::Tokens {
+                        type_ids: type_ids.is_some(),
+                    },
+                    StreamInput::Pixels { .. } => Source::Pixels,
+                })
+                .collect(),
         }
     }
 }
@@ -87,23 +114,58 @@ pub(crate) struct LayerCounts {
     pub(crate) active_cross_heads: Vec<i32>,
 }
 
-/// Uploads the embedded inputs (f16 rows, `orig_index`, `cu_seqlens`, the
-/// context) into the first buffers of `ws`, on `dev`'s stream.
-fn upload(dev: &Device, ws: &mut Workspace, prep: &PreparedInputs) -> Result<()> {
+/// Uploads the inputs into the first buffers of `ws`, on `dev`'s stream:
+/// packed rows as f16 with their `orig_index` and `cu_seqlens`, token and
+/// type ids with `cu_seqlens`, pixels as they are (f32); the context. The
+/// embeddings then run on the device at the start of the pass.
+fn upload(dev: &Device, ws: &mut Workspace, inputs: &Inputs, prep: &PreparedInputs) -> Result<()> {
     let stream = dev.stream();
-    for (p, w) in prep.streams.iter().zip(ws.streams.iter_mut()) {
-        let rows16: Vec<f16> = p.rows.iter().map(|&v| f16::from_f32(v)).collect();
-        if !rows16.is_empty() {
-            stream
-                .memcpy_htod(&rows16, &mut w.x[0])
-                .map_err(drv("uploading input rows"))?;
-            stream
-                .memcpy_htod(&p.orig_index, &mut w.orig[0])
-                .map_err(drv("uploading orig_index"))?;
+    for ((inp, p), w) in inputs
+        .streams
+        .iter()
+        .zip(&prep.streams)
+        .zip(ws.streams.iter_mut())
+    {
+        match inp {
+            StreamInput::Packed { rows, cu_seqlens } => {
+                let rows16: Vec<f16> = rows.iter().map(|&v| f16::from_f32(v)).collect();
+                if !rows16.is_empty() {
+                    stream
+                        .memcpy_htod(&rows16, &mut w.x[0])
+                        .map_err(drv("uploading input rows"))?;
+                    stream
+                        .memcpy_htod(&p.orig_index, &mut w.orig[0])
+                        .map_err(drv("uploading orig_index"))?;
+                }
+                stream
+                    .memcpy_htod(cu_seqlens, &mut w.cu[0])
+                    .map_err(drv("uploading cu_seqlens"))?;
+            }
+            StreamInput::Tokens {
+                ids,
+                type_ids,
+                cu_seqlens,
+            } => {
+                if !ids.is_empty() {
+                    stream
+                        .memcpy_htod(ids, &mut w.ids)
+                        .map_err(drv("uploading token ids"))?;
+                    if let Some(t) = type_ids {
+                        stream
+                            .memcpy_htod(t, &mut w.type_ids)
+                            .map_err(drv("uploading type ids"))?;
+                    }
+                }
+                stream
+                    .memcpy_htod(cu_seqlens, &mut w.cu[0])
+                    .map_err(drv("uploading cu_seqlens"))?;
+            }
+            StreamInput::Pixels { pixels, .. } => {
+                stream
+                    .memcpy_htod(pixels, &mut w.pixels)
+                    .map_err(drv("uploading pixels"))?;
+            }
         }
-        stream
-            .memcpy_htod(&p.cu_seqlens, &mut w.cu[0])
-            .map_err(drv("uploading cu_seqlens"))?;
     }
     if let Some(c) = &prep.context {
         let rows16: Vec<f16> = c.rows.iter().map(|&v| f16::from_f32(v)).collect();
@@ -410,10 +472,10 @@ impl GpuModel {
                  counts of threshold-rule pruners)",
             ));
         }
-        let prep = prepare_inputs(cfg, &self.embeddings, inputs, Some(&ws.capacity))?;
+        let prep = check_pass_inputs(cfg, &self.embeddings, inputs, Some(&ws.capacity))?;
         let dev = self.dev.on_stream(stream.clone())?;
-        let shape = PassShape::of(&prep);
-        upload(&dev, ws, &prep)?;
+        let shape = PassShape::of(&prep, inputs);
+        upload(&dev, ws, inputs, &prep)?;
         let end = if opts.graph {
             self.run_graph(&dev, ws, &shape, opts)?
         } else {
@@ -453,6 +515,7 @@ impl GpuModel {
         opts: &GpuForwardOptions,
     ) -> Result<PassEnd> {
         let key = GraphKey {
+            sources: shape.sources.clone(),
             model: self.id,
             dense: opts.dense,
             sync: opts.sync,
@@ -555,6 +618,10 @@ impl GpuModel {
                 *d,
             )
         });
+        // Embeddings on the device.
+        for (s, w) in sws.iter_mut().enumerate() {
+            self.embed(dev, lt, s, w, batch, cur[s].rows, shape.sources[s])?;
+        }
         // The all-heads active lists.
         for (s, w) in sws.iter_mut().enumerate() {
             let h = cfg.streams[s].heads;
@@ -959,6 +1026,113 @@ impl GpuModel {
             graph: opts.graph,
             flops,
         })
+    }
+
+    /// Stream `s`'s embedding, from its uploaded ids or pixels into `x[0]`,
+    /// `orig_index[0]` (and, for a ViT, `cu_seqlens[0]`); nothing for a
+    /// stream given its rows.
+    #[allow(clippy::too_many_arguments)]
+    fn embed(
+        &self,
+        dev: &Device,
+        lt: &BlasWorkspace,
+        s: usize,
+        w: &mut StreamWs,
+        batch: usize,
+        total: usize,
+        source: Source,
+    ) -> Result<()> {
+        let sc = &self.config.streams[s];
+        match (&self.streams[s].embedding, source) {
+            (_, Source::Rows) => Ok(()),
+            (
+                DevEmbedding::Bert {
+                    word,
+                    position,
+                    token_type,
+                    ln,
+                },
+                Source::Tokens { type_ids },
+            ) => {
+                let shape = BertEmbedShape::from_stream(sc, batch, total)?;
+                let cu = w.cu[0].slice(0..batch + 1);
+                let ids = w.ids.slice(0..total.max(1));
+                let tys = w.type_ids.slice(0..total.max(1));
+                let [x0, _] = &mut w.x;
+                let [o0, _] = &mut w.orig;
+                bert_embed(
+                    dev,
+                    shape,
+                    BertEmbedInputs {
+                        ids: &ids,
+                        type_ids: type_ids.then_some(&tys as _),
+                        cu_seqlens: &cu,
+                    },
+                    BertEmbedTables {
+                        word,
+                        position,
+                        token_type,
+                        gamma: &ln.gamma,
+                        beta: &ln.beta,
+                    },
+                    BertEmbedOutputs {
+                        rows: x0,
+                        orig_index: o0,
+                    },
+                )
+            }
+            (
+                DevEmbedding::Vit {
+                    patch,
+                    cls,
+                    position,
+                },
+                Source::Pixels,
+            ) => {
+                let shape = VitEmbedShape::from_stream(sc, batch)?;
+                let pixels = w.pixels.slice(0..shape.pixels_len());
+                let np = shape.patch_rows();
+                let mut patches = w.patches.slice_mut(0..np * shape.patch_dim());
+                vit_patchify(dev, &shape, &pixels, &mut patches)?;
+                let ls = shape.linear_shape();
+                let mut patch_out = w.patch_out.slice_mut(0..np * sc.hidden);
+                self.blas.linear_on(
+                    dev,
+                    lt,
+                    ls,
+                    &patches.as_view(),
+                    &patch.w.as_view(),
+                    Some(&patch.b.as_view()),
+                    Epilogue::Bias,
+                    &mut patch_out,
+                )?;
+                let [x0, _] = &mut w.x;
+                let [o0, _] = &mut w.orig;
+                let [c0, _] = &mut w.cu;
+                let mut cu = c0.slice_mut(0..batch + 1);
+                vit_assemble(
+                    dev,
+                    &shape,
+                    VitAssembleInputs {
+                        patch_out: &patch_out,
+                        cls,
+                        position,
+                    },
+                    VitEmbedOutputs {
+                        rows: x0,
+                        orig_index: o0,
+                        cu_seqlens: &mut cu,
+                    },
+                )
+            }
+            _ => Err(Error::invalid(
+                "GpuModel::forward",
+                format!(
+                    "stream `{}`: the input does not match the embedding",
+                    sc.name
+                ),
+            )),
+        }
     }
 
     /// Fills in the FLOPs of every layer and stream from the pass's

@@ -3,7 +3,7 @@
 //! device work.
 
 use super::workspace::Capacity;
-use crate::reference::model::{embed_inputs, Inputs};
+use crate::reference::model::{check_inputs, embed_inputs, Inputs};
 use crate::reference::Packed;
 use crate::spec::{EmbeddingWeights, ModelConfig};
 use crate::{Error, Result};
@@ -45,6 +45,31 @@ pub fn prepare_inputs(
     let (xs, context) = embed_inputs(cfg, &embeddings, inputs)?;
     // Batch agreement across streams is checked by `embed_inputs`; an empty
     // batch is valid on the CPU but has no work for the device.
+    if xs[0].batch() == 0 {
+        return Err(Error::Input(vec!["the batch is empty".into()]));
+    }
+    let prep = PreparedInputs {
+        batch: xs[0].batch(),
+        streams: xs,
+        context,
+    };
+    if let Some(cap) = capacity {
+        cap.check_fits(cfg, &prep)?;
+    }
+    Ok(prep)
+}
+
+/// [`prepare_inputs`] without the host embedding: the same validation and
+/// capacity checks, with token and pixel streams' `rows` left empty (the
+/// GPU pass embeds them on the device).
+pub(crate) fn check_pass_inputs(
+    cfg: &ModelConfig,
+    embeddings: &[EmbeddingWeights],
+    inputs: &Inputs,
+    capacity: Option<&Capacity>,
+) -> Result<PreparedInputs> {
+    let embeddings: Vec<&EmbeddingWeights> = embeddings.iter().collect();
+    let (xs, context) = check_inputs(cfg, &embeddings, inputs)?;
     if xs[0].batch() == 0 {
         return Err(Error::Input(vec!["the batch is empty".into()]));
     }

@@ -14,12 +14,17 @@
 //!
 //! # What runs where
 //!
-//! - **Embeddings run on the host** in this first version: the inputs go
-//!   through [`crate::reference::model::embed`] (f32, which also validates
-//!   them), and the packed rows are uploaded as f16 (one copy per stream and
-//!   forward, before any device work of the pass is enqueued). ViT patch
-//!   embedding and BERT embeddings on the device are not implemented yet.
-//! - Everything after the embeddings runs on the device: token pruners
+//! - Inputs are validated on the host ([`crate::reference::model::check_inputs`],
+//!   every problem in one [`Error::Input`](crate::Error::Input)) and
+//!   uploaded as they are: packed rows as f16, token and type ids, pixels as
+//!   f32 (one copy each per forward, before any device work of the pass).
+//!   The **embeddings run on the device** at the start of the pass
+//!   ([`crate::ops::bert_embed`]; ViT: [`crate::ops::vit_patchify`], the
+//!   patch GEMM on cuBLASLt, [`crate::ops::vit_assemble`]), inside the CUDA
+//!   graph when one is used. [`prepare_inputs`] still embeds on the host
+//!   (f32) for callers that need the rows, e.g. to hand them to
+//!   [`GpuModel::forward_device`].
+//! - Everything after the embeddings runs on the device too: token pruners
 //!   ([`crate::ops::token_scores`]), compaction ([`compact`](fn@crate::ops::compact)),
 //!   head pruners ([`crate::ops::head_scores`]), the linear layers (cuBLASLt
 //!   with a bias epilogue; GELU is the exact erf form, a separate

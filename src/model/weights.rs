@@ -10,8 +10,8 @@ use crate::device::Device;
 use crate::ops::score::{HEAD_MAX_HEADS, HEAD_MAX_HIDDEN, HEAD_MAX_IN, SCORE_TILE};
 use crate::ops::Blas;
 use crate::spec::{
-    EmbeddingWeights, HeadPrunerWeights, LayerNormWeights, Linear, ModelConfig, ModelKind,
-    TokenPrunerWeights, Weights,
+    EmbeddingConfig, EmbeddingWeights, HeadPrunerWeights, LayerNormWeights, Linear, ModelConfig,
+    ModelKind, TokenPrunerWeights, Weights,
 };
 use crate::{Error, Result};
 
@@ -50,6 +50,20 @@ pub fn check_supported(cfg: &ModelConfig) -> Result<()> {
                 "stream `{n}`: hidden {} and ffn {} must be multiples of 8",
                 sc.hidden, sc.ffn
             ));
+        }
+        // The embedding kernels' own limits (e.g. a ViT patch width C*p*p
+        // that is a multiple of 8), checked on a one-sequence shape.
+        let embed_check = match sc.embedding {
+            EmbeddingConfig::None => Ok(()),
+            EmbeddingConfig::Bert { .. } => {
+                crate::ops::BertEmbedShape::from_stream(sc, 1, 1).map(|_| ())
+            }
+            EmbeddingConfig::Vit { .. } => {
+                crate::ops::VitEmbedShape::from_stream(sc, 1).and_then(|v| v.validate())
+            }
+        };
+        if let Err(e) = embed_check {
+            errs.push(format!("stream `{n}`: embedding: {e}"));
         }
         let d_other = cfg.other_hidden(s).unwrap_or(0);
         for (l, lc) in sc.layers.iter().enumerate() {

@@ -426,6 +426,7 @@ pub(crate) struct GraphKey {
     pub(crate) sync: super::SyncPolicy,
     pub(crate) lengths: Vec<Vec<i32>>,
     pub(crate) context: Option<Vec<i32>>,
+    pub(crate) sources: Vec<super::forward::Source>,
 }
 
 /// A captured pass and the host-side state it ends in (which buffers hold

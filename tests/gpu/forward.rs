@@ -213,8 +213,9 @@ fn round_weights(w: &Weights) -> Weights {
 }
 
 /// Packed input rows and the context rounded through f16 (as uploaded), so
-/// the reference sees the device's inputs (embedded streams are rounded
-/// after the host embedding, which the reference cannot mirror).
+/// the reference sees the device's inputs (token and pixel streams are
+/// embedded on the device from f16 tables, which the reference, in f32,
+/// does not mirror; the tolerance covers it).
 fn round_inputs(inputs: &mut Inputs) {
     for s in &mut inputs.streams {
         if let StreamInput::Packed { rows, .. } = s {
@@ -675,9 +676,13 @@ fn forward_test_setup_is_sound() {
 }
 
 /// `forward_device` on a caller's stream with device-resident inputs and
-/// outputs: the same results as `forward` (same launches, so bitwise), for
-/// every model kind; then the same pass captured into the *caller's* CUDA
-/// graph and replayed twice.
+/// outputs, for every model kind, against `forward`: bitwise for
+/// tiny-meter (packed inputs, the same launches); for the models with an
+/// embedding, `forward` embeds on the device while the test hands
+/// `forward_device` host-embedded rows, so those run dense (no keep
+/// decision can flip on the f16 difference) and compare within tolerance.
+/// Then the same pass captured into the *caller's* CUDA graph, replayed
+/// twice, must give the eager `forward_device` results bitwise.
 #[test]
 fn forward_device_matches_forward() {
     use smarttrim::model::{DevicePacked, DeviceStreamOutput};
@@ -691,12 +696,14 @@ fn forward_device_matches_forward() {
         let (w, inputs, cap) = setup(&cfg, 8, true, 31);
         let model = GpuModel::new(&dev, &w).unwrap();
         let mut ws = Workspace::new(&model, cap).unwrap();
+        let exact = name == "tiny-meter";
         let opts = GpuForwardOptions {
-            dense: false,
+            dense: !exact,
             sync: SyncPolicy::UpperBound,
             graph: false,
         };
         let host = model.forward(&mut ws, &inputs, &opts).unwrap();
+        let mut eager: Vec<Vec<f32>> = Vec::new();
         let emb: Vec<_> = w.streams.iter().map(|s| s.embeddings.clone()).collect();
         let prep = prepare_inputs(&cfg, &emb, &inputs, None).unwrap();
         // The caller's buffers, without cudarc events (as a capture needs).
@@ -796,7 +803,17 @@ fn forward_device_matches_forward() {
                     let orig: Vec<i32> = theirs.clone_dtoh(o).unwrap();
                     assert_eq!(&orig[..total], &want.orig_index[..], "{name} {round} {i}");
                     let rows = from_f16(&theirs.clone_dtoh(r).unwrap()[..total * d]);
-                    assert_eq!(rows, want.rows, "{name} {round} {i}: final rows");
+                    if exact {
+                        assert_eq!(rows, want.rows, "{name} {round} {i}: final rows");
+                    } else {
+                        let e = rel_err(&rows, &want.rows);
+                        assert!(e < TOL, "{name} {round} {i}: final rows rel err {e:.2e}");
+                    }
+                    if round == "eager" {
+                        eager.push(rows);
+                    } else {
+                        assert_eq!(rows, eager[s], "{name} {round} {i}: graph vs eager");
+                    }
                 }
             }
         }
