@@ -476,11 +476,19 @@ impl GpuModel {
         let dev = self.dev.on_stream(stream.clone())?;
         let shape = PassShape::of(&prep, inputs);
         upload(&dev, ws, inputs, &prep)?;
+        ws.events
+            .0
+            .record(dev.stream())
+            .map_err(drv("recording the start event"))?;
         let end = if opts.graph {
             self.run_graph(&dev, ws, &shape, opts)?
         } else {
             self.enqueue(&dev, ws, &shape, opts)?
         };
+        ws.events
+            .1
+            .record(dev.stream())
+            .map_err(drv("recording the end event"))?;
         self.readback(&dev, ws, &shape, &end, opts)
     }
 
@@ -1019,7 +1027,13 @@ impl GpuModel {
             });
         }
         let flops = self.account_flops(shape, &mut outs, opts.dense);
+        let device_ms = ws
+            .events
+            .0
+            .elapsed_ms(&ws.events.1)
+            .map_err(drv("reading the pass's device time"))?;
         Ok(GpuOutputs {
+            device_ms,
             streams: outs,
             syncs: end.syncs,
             policy: opts.sync,

@@ -186,6 +186,13 @@ pub struct GpuOutputs {
     pub policy: SyncPolicy,
     /// Whether the pass ran as a CUDA graph (captured now or replayed).
     pub graph: bool,
+    /// Milliseconds on the stream from the end of the input upload to the
+    /// end of the pass's last launch (CUDA events): embeddings and layers,
+    /// including any time the device sat idle waiting for the host inside
+    /// the pass; excluding the upload and the result copies. On the first
+    /// pass of a shape with [`GpuForwardOptions::graph`] it also spans the
+    /// capture.
+    pub device_ms: f32,
     /// FLOPs per sequence, summed over streams (the CPU reference's
     /// accounting: "executed" assumes exact-size launches, which
     /// [`SyncPolicy::UpperBound`] exceeds after threshold pruning).

@@ -409,6 +409,8 @@ pub struct Workspace {
     pub(crate) totals: CudaSlice<i32>,
     pub(crate) stats: CudaSlice<i32>,
     pub(crate) blas: BlasWorkspace,
+    /// Timing events recorded around each pass's device work.
+    pub(crate) events: (cudarc::driver::CudaEvent, cudarc::driver::CudaEvent),
     /// Captured passes, most recently used last (see [`crate::model`]).
     pub(crate) graphs: Vec<(GraphKey, GraphEntry)>,
 }
@@ -562,6 +564,15 @@ impl Workspace {
             totals,
             stats,
             blas: BlasWorkspace::new(model.device())?,
+            events: {
+                let ctx = model.device().context();
+                let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+                let ev = || {
+                    ctx.new_event(timed)
+                        .map_err(|e| Error::driver("creating a timing event", e))
+                };
+                (ev()?, ev()?)
+            },
             graphs: Vec::new(),
         })
     }
