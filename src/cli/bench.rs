@@ -204,7 +204,7 @@ enum Engine {
 /// A model loaded on an engine.
 enum Loaded {
     Cpu(Weights),
-    Cuda(GpuModel, SyncPolicy),
+    Cuda(Box<GpuModel>, SyncPolicy),
 }
 
 /// A loaded model with inputs (and on the GPU a workspace) to run passes on.
@@ -233,7 +233,9 @@ impl Engine {
     fn load(&self, weights: Weights) -> smarttrim::Result<Loaded> {
         match self {
             Engine::Cpu => Ok(Loaded::Cpu(weights)),
-            Engine::Cuda { dev, sync } => Ok(Loaded::Cuda(GpuModel::new(dev, &weights)?, *sync)),
+            Engine::Cuda { dev, sync } => {
+                Ok(Loaded::Cuda(Box::new(GpuModel::new(dev, &weights)?), *sync))
+            }
         }
     }
 }
