@@ -421,3 +421,30 @@ fn bad_arguments_are_reported() {
         assert!(!json.exists());
     }
 }
+
+#[test]
+fn repeated_names_run_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let mut c = bin();
+    c.args([
+        "bench",
+        "--device",
+        "cpu",
+        "--workload",
+        "tiny-vit,tiny-vit",
+        "--batch",
+        "2,2",
+        "--schedule",
+        "budget-50,budget-50",
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let (ok, _, err) = run(&mut c);
+    assert!(ok, "{err}");
+    assert_eq!(rows(&json).len(), 1);
+}

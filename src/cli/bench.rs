@@ -439,6 +439,17 @@ struct Row {
     pruned_vs_torch: Option<f64>,
 }
 
+/// `v` without repeats, first occurrences kept in order.
+fn dedup<T: PartialEq>(v: Vec<T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(v.len());
+    for x in v {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
 fn graph_modes(g: GraphChoice) -> &'static [bool] {
     match g {
         GraphChoice::Off => &[false],
@@ -460,10 +471,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         args.workloads.clone()
     };
-    let workloads: Vec<&'static Workload> = names
-        .iter()
-        .map(|n| workload(n.trim()))
-        .collect::<smarttrim::Result<_>>()?;
+    let workloads: Vec<&'static Workload> = dedup(
+        names
+            .iter()
+            .map(|n| workload(n.trim()))
+            .collect::<smarttrim::Result<_>>()?,
+    );
     let schedules: Vec<Schedule> = if args.schedule.is_empty() {
         SCHEDULES.to_vec()
     } else {
@@ -472,6 +485,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .map(|s| Schedule::parse(s.trim()))
             .collect::<smarttrim::Result<_>>()?
     };
+    let schedules = dedup(schedules);
+    let batches = dedup(args.batch.clone());
     let torch = args.torch.as_ref().map(read_torch).transpose()?;
     let sync = match args.sync {
         SyncChoice::ReadCounts => SyncPolicy::ReadCounts,
@@ -535,7 +550,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 Err(Error::Unsupported { message, .. }) => Err(message),
                 Err(e) => return Err(e.into()),
             };
-            for (bi, &batch) in args.batch.iter().enumerate() {
+            for (bi, &batch) in batches.iter().enumerate() {
                 let mut session = match &loaded {
                     Ok(l) => match l.session(w, batch, &inputs[bi]) {
                         Ok(s) => Ok(s),
@@ -577,7 +592,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        for (bi, &batch) in args.batch.iter().enumerate() {
+        for (bi, &batch) in batches.iter().enumerate() {
             let t = torch
                 .as_ref()
                 .and_then(|m| m.get(&(w.name.to_string(), batch)).cloned());
