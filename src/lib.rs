@@ -12,6 +12,7 @@
 //!   `smarttrim run`'s input and output files.
 //! - [`model`]: the pruned forward pass on the GPU (tested against [`reference`](mod@reference)).
 //! - [`report`]: pictures of a pass (token keep map, FLOPs histogram).
+//! - [`workloads`]: benchmark workloads and pruning schedules (`smarttrim bench`).
 //! - [`ffi`]: the C API (`include/smarttrim.h`).
 //!
 //! See `README.md` for the command-line tool and `DESIGN.md` for the semantics.
@@ -29,5 +30,6 @@ pub mod reference;
 pub mod report;
 pub mod spec;
 pub mod tensor_io;
+pub mod workloads;
 
 pub use error::{Error, Result};

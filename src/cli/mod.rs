@@ -13,6 +13,7 @@ macro_rules! outln {
     }};
 }
 
+mod bench;
 mod demo;
 mod embed;
 mod gpu;
@@ -46,6 +47,10 @@ enum Command {
     /// Run a model on inputs from a safetensors file and write every output
     /// (final rows, scores, keep flags, head masks, pooled, FLOPs) to another.
     Run(run::RunArgs),
+    /// Time pruned forward passes against the dense pass of the same runtime
+    /// on benchmark workloads (METER VQA, BLIP ViT) and pruning schedules,
+    /// in one table; optionally JSON rows and a PyTorch baseline.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the parsed command.
@@ -56,5 +61,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Embed(args) => embed::run(&args),
         Command::InitWeights(args) => run::init_weights(&args),
         Command::Run(args) => run::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }

@@ -1,9 +1,11 @@
 //! The model's description shared by the CPU reference and the GPU pass:
 //! configs ([`config`]), host-side weights and their file format
-//! ([`weights`]), FLOPs accounting ([`flops`]).
+//! ([`weights`]), FLOPs accounting ([`flops`]), pruning schedules and the
+//! FLOPs of a pass computed from its counts ([`schedule`]).
 
 pub mod config;
 pub mod flops;
+pub mod schedule;
 pub mod weights;
 
 pub use config::{

@@ -1,0 +1,851 @@
+//! `smarttrim bench`: pruned forward passes measured against the dense pass
+//! of the same runtime, on the workloads and schedules of
+//! [`smarttrim::workloads`], in one table (and optionally JSON rows; schema
+//! in docs/bench/README.md), optionally next to a PyTorch baseline.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+use smarttrim::device::Device;
+use smarttrim::model::{Capacity, GpuForwardOptions, GpuModel, SyncPolicy, Workspace};
+use smarttrim::reference::{forward, ForwardOptions, Inputs};
+use smarttrim::spec::schedule::{model_flops_ratio, LayerStats};
+use smarttrim::spec::Weights;
+use smarttrim::workloads::{workload, Plan, Schedule, Workload, DEFAULT_WORKLOADS, SCHEDULES};
+use smarttrim::Error;
+
+/// Where the passes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchDevice {
+    /// The GPU pass (`smarttrim::model`) on device 0.
+    Cuda,
+    /// The exact f32 CPU reference.
+    Cpu,
+}
+
+/// The GPU pass's host synchronisation policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncChoice {
+    /// Read the new row counts after each pruning layer.
+    ReadCounts,
+    /// Size launches by the unpruned upper bound: one wait, at the end.
+    UpperBound,
+}
+
+/// CUDA graph capture of the passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GraphChoice {
+    /// Plain launches.
+    Off,
+    /// Captured once per input shape, then replayed.
+    On,
+    /// A row for each.
+    Both,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Workload to run (repeatable, or comma separated): meter-vqa, blip-vit,
+    /// tiny-meter, tiny-vit. Default: meter-vqa and blip-vit.
+    #[arg(long = "workload", value_name = "NAME", value_delimiter = ',')]
+    pub workloads: Vec<String>,
+    /// Batch sizes (sequences per stream), comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 32])]
+    pub batch: Vec<usize>,
+    /// Schedules, comma separated: dense, budget-70, budget-50, budget-35
+    /// (any budget-P), threshold. Default: all five.
+    #[arg(long, value_delimiter = ',')]
+    pub schedule: Vec<String>,
+    /// Where to run: the GPU, or the CPU reference (slow at full size; for
+    /// checking the table, or on a machine without a GPU).
+    #[arg(long, value_enum, default_value_t = BenchDevice::Cuda)]
+    pub device: BenchDevice,
+    /// Untimed forward passes before each measurement.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Timed forward passes per measurement.
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    /// The GPU pass's host synchronisation policy.
+    #[arg(long, value_enum, default_value_t = SyncChoice::ReadCounts)]
+    pub sync: SyncChoice,
+    /// CUDA graph capture: off, on, or both (rows the runtime cannot run
+    /// with a graph are reported as unsupported).
+    #[arg(long, value_enum, default_value_t = GraphChoice::Off)]
+    pub graph: GraphChoice,
+    /// Also write the rows as a JSON list to this file (docs/bench/README.md);
+    /// written only when the whole run succeeds.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// A PyTorch baseline (JSON list written by scripts/torch_baseline.py)
+    /// to show next to ours, matched on (workload, batch).
+    #[arg(long, value_name = "FILE")]
+    pub torch: Option<PathBuf>,
+    /// Seed of the random weights and inputs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// One row of the PyTorch baseline file.
+#[derive(Debug, Clone, Deserialize)]
+struct TorchRow {
+    workload: String,
+    batch: usize,
+    mode: String,
+    dense_ms: Option<f64>,
+    #[serde(default)]
+    device: Option<String>,
+    #[serde(default)]
+    torch_version: Option<String>,
+}
+
+/// The baseline for one (workload, batch).
+#[derive(Debug, Clone, Default)]
+struct TorchEntry {
+    eager_ms: Option<f64>,
+    compile_ms: Option<f64>,
+    version: Option<String>,
+    device: Option<String>,
+}
+
+impl TorchEntry {
+    /// The faster dense time of the modes that worked, and its mode.
+    fn best(&self) -> Option<(f64, &'static str)> {
+        match (self.eager_ms, self.compile_ms) {
+            (Some(e), Some(c)) if c < e => Some((c, "compile")),
+            (Some(e), _) => Some((e, "eager")),
+            (None, Some(c)) => Some((c, "compile")),
+            (None, None) => None,
+        }
+    }
+}
+
+fn read_torch(path: &PathBuf) -> anyhow::Result<HashMap<(String, usize), TorchEntry>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the PyTorch baseline {}", path.display()))?;
+    let rows: Vec<TorchRow> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "parsing the PyTorch baseline {} (expected a JSON list of {{workload, batch, mode, \
+             dense_ms}} objects)",
+            path.display()
+        )
+    })?;
+    let mut map: HashMap<(String, usize), TorchEntry> = HashMap::new();
+    for r in rows {
+        if let Some(ms) = r.dense_ms {
+            if !(ms.is_finite() && ms > 0.0) {
+                bail!(
+                    "PyTorch baseline {}: {} batch {} {}: dense_ms {ms} is not a positive time",
+                    path.display(),
+                    r.workload,
+                    r.batch,
+                    r.mode
+                );
+            }
+        }
+        let e = map.entry((r.workload.clone(), r.batch)).or_default();
+        let slot = match r.mode.as_str() {
+            "eager" => &mut e.eager_ms,
+            "compile" => &mut e.compile_ms,
+            m => bail!(
+                "PyTorch baseline {}: {} batch {}: mode `{m}` is neither `eager` nor `compile`",
+                path.display(),
+                r.workload,
+                r.batch
+            ),
+        };
+        if slot.is_some() {
+            eprintln!(
+                "bench: warning: PyTorch baseline lists {} batch {} {} more than once; using the first",
+                r.workload, r.batch, r.mode
+            );
+            continue;
+        }
+        *slot = r.dense_ms;
+        if e.version.is_none() {
+            e.version = r.torch_version;
+        }
+        if e.device.is_none() {
+            e.device = r.device;
+        }
+    }
+    Ok(map)
+}
+
+/// `SMARTTRIM_COMMIT`, else `git rev-parse --short HEAD`, else "unknown".
+fn commit() -> String {
+    if let Ok(c) = std::env::var("SMARTTRIM_COMMIT") {
+        if !c.trim().is_empty() {
+            return c.trim().to_string();
+        }
+    }
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Where passes run.
+enum Engine {
+    Cpu,
+    Cuda { dev: Device, sync: SyncPolicy },
+}
+
+/// A model loaded on an engine.
+enum Loaded {
+    Cpu(Weights),
+    Cuda(Box<GpuModel>, SyncPolicy),
+}
+
+/// A loaded model with inputs (and on the GPU a workspace) to run passes on.
+enum Session<'a> {
+    Cpu {
+        weights: &'a Weights,
+        inputs: &'a Inputs,
+    },
+    Cuda {
+        model: &'a GpuModel,
+        ws: Box<Workspace>,
+        inputs: &'a Inputs,
+        sync: SyncPolicy,
+    },
+}
+
+/// What one pass reports.
+struct PassInfo {
+    stats: Vec<Vec<LayerStats>>,
+    syncs: usize,
+    /// The CPU reference's FLOPs ratio; `None` on the GPU, whose ratio the
+    /// bench computes from the statistics (`Plan::flops_ratio_from_stats`).
+    flops_ratio: Option<f64>,
+    /// The GPU pass's time on the stream (`GpuOutputs::device_ms`).
+    device_ms: Option<f64>,
+}
+
+impl Engine {
+    fn load(&self, weights: Weights) -> smarttrim::Result<Loaded> {
+        match self {
+            Engine::Cpu => Ok(Loaded::Cpu(weights)),
+            Engine::Cuda { dev, sync } => {
+                Ok(Loaded::Cuda(Box::new(GpuModel::new(dev, &weights)?), *sync))
+            }
+        }
+    }
+}
+
+impl Loaded {
+    fn session<'a>(
+        &'a self,
+        w: &Workload,
+        batch: usize,
+        inputs: &'a Inputs,
+    ) -> smarttrim::Result<Session<'a>> {
+        match self {
+            Loaded::Cpu(weights) => Ok(Session::Cpu { weights, inputs }),
+            Loaded::Cuda(model, sync) => {
+                let cap = Capacity {
+                    max_batch: batch,
+                    max_seqlen: w.rows.to_vec(),
+                    context_max_seqlen: w.context_rows.unwrap_or(0),
+                };
+                Ok(Session::Cuda {
+                    model,
+                    ws: Box::new(Workspace::new(model, cap)?),
+                    inputs,
+                    sync: *sync,
+                })
+            }
+        }
+    }
+}
+
+impl Session<'_> {
+    fn run(&mut self, dense: bool, graph: bool) -> smarttrim::Result<PassInfo> {
+        match self {
+            Session::Cpu { weights, inputs } => {
+                if graph {
+                    return Err(Error::Unsupported {
+                        op: "bench",
+                        message: "CUDA graphs are a GPU feature; the CPU reference has none".into(),
+                    });
+                }
+                let out = forward(weights, inputs, &ForwardOptions { dense })?;
+                Ok(PassInfo {
+                    stats: out.stats(),
+                    syncs: 0,
+                    flops_ratio: Some(model_flops_ratio(&out.flops)),
+                    device_ms: None,
+                })
+            }
+            Session::Cuda {
+                model,
+                ws,
+                inputs,
+                sync,
+            } => {
+                let opts = GpuForwardOptions {
+                    dense,
+                    sync: *sync,
+                    graph,
+                };
+                if graph && !model.graph_capturable(&opts) {
+                    return Err(Error::Unsupported {
+                        op: "bench",
+                        message: "threshold-rule pruners under --sync read-counts wait inside \
+                                  the pass, which a CUDA graph cannot; try --sync upper-bound"
+                            .into(),
+                    });
+                }
+                let out = model.forward(ws, inputs, &opts)?;
+                Ok(PassInfo {
+                    stats: out.stats(),
+                    syncs: out.syncs,
+                    flops_ratio: None,
+                    device_ms: Some(f64::from(out.device_ms)),
+                })
+            }
+        }
+    }
+}
+
+/// Wall times of one measurement, milliseconds.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    median: f64,
+    p10: f64,
+    p90: f64,
+}
+
+/// Linear interpolation between closest ranks of sorted `v` (non-empty).
+fn percentile(v: &[f64], q: f64) -> f64 {
+    let pos = q * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+impl Timing {
+    fn of(mut ms: Vec<f64>) -> Self {
+        ms.sort_by(|a, b| a.total_cmp(b));
+        Timing {
+            median: percentile(&ms, 0.5),
+            p10: percentile(&ms, 0.1),
+            p90: percentile(&ms, 0.9),
+        }
+    }
+}
+
+/// One measurement: times, syncs per forward (the most seen), FLOPs ratio.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    /// The GPU pass's device time (upload and result copies excluded), or
+    /// on the CPU the wall time of the call.
+    timing: Timing,
+    /// Wall time of the whole call.
+    wall: Timing,
+    syncs: usize,
+    flops_ratio: f64,
+}
+
+/// A measurement, or why the runtime cannot run it.
+type Outcome = Result<Measured, String>;
+
+/// Runs `warmup` untimed and `iters` timed passes, each timed around the
+/// whole call (which ends with the device synchronised) and, on the GPU, by
+/// the pass's own device time. `Error::Unsupported` becomes `Err(message)`;
+/// any other error fails the run.
+fn measure(
+    session: &mut Session<'_>,
+    plan: &Plan,
+    batch: usize,
+    dense: bool,
+    graph: bool,
+    warmup: usize,
+    iters: usize,
+) -> anyhow::Result<Outcome> {
+    let unsupported = |e: Error| -> anyhow::Result<Outcome> {
+        match e {
+            Error::Unsupported { message, .. } => Ok(Err(message)),
+            e => Err(e.into()),
+        }
+    };
+    for _ in 0..warmup {
+        if let Err(e) = session.run(dense, graph) {
+            return unsupported(e);
+        }
+    }
+    let mut ms = Vec::with_capacity(iters);
+    let mut wall = Vec::with_capacity(iters);
+    let mut syncs = 0;
+    let mut last = None;
+    for _ in 0..iters {
+        let t = Instant::now();
+        let r = session.run(dense, graph);
+        let dt = t.elapsed().as_secs_f64() * 1e3;
+        match r {
+            Ok(p) => {
+                ms.push(p.device_ms.unwrap_or(dt));
+                wall.push(dt);
+                syncs = syncs.max(p.syncs);
+                last = Some(p);
+            }
+            Err(e) => return unsupported(e),
+        }
+    }
+    let last = last.ok_or_else(|| anyhow!("no timed pass (--iters 0)"))?;
+    let flops_ratio = if dense {
+        1.0
+    } else {
+        match last.flops_ratio {
+            Some(r) => r,
+            None => plan.flops_ratio_from_stats(batch, &last.stats)?,
+        }
+    };
+    Ok(Ok(Measured {
+        timing: Timing::of(ms),
+        wall: Timing::of(wall),
+        syncs,
+        flops_ratio,
+    }))
+}
+
+/// One JSON row (docs/bench/README.md).
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    workload: String,
+    batch: usize,
+    schedule: String,
+    device: String,
+    commit: String,
+    status: &'static str,
+    note: Option<String>,
+    graph: bool,
+    sync_policy: String,
+    warmup: usize,
+    iters: usize,
+    seed: u64,
+    flops_ratio: Option<f64>,
+    target_flops_ratio: Option<f64>,
+    target_reachable: Option<bool>,
+    rho: Option<f32>,
+    predicted_flops_ratio: Option<f64>,
+    dense_ms: Option<f64>,
+    dense_p10_ms: Option<f64>,
+    dense_p90_ms: Option<f64>,
+    pruned_ms: Option<f64>,
+    pruned_p10_ms: Option<f64>,
+    pruned_p90_ms: Option<f64>,
+    dense_wall_ms: Option<f64>,
+    pruned_wall_ms: Option<f64>,
+    speedup: Option<f64>,
+    efficiency: Option<f64>,
+    syncs_per_forward: Option<usize>,
+    dense_syncs_per_forward: Option<usize>,
+    torch_dense_ms: Option<f64>,
+    torch_compile_dense_ms: Option<f64>,
+    torch_version: Option<String>,
+    torch_device: Option<String>,
+    torch_baseline_mode: Option<&'static str>,
+    dense_vs_torch: Option<f64>,
+    pruned_vs_torch: Option<f64>,
+}
+
+/// `v` without repeats, first occurrences kept in order.
+fn dedup<T: PartialEq>(v: Vec<T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(v.len());
+    for x in v {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
+fn graph_modes(g: GraphChoice) -> &'static [bool] {
+    match g {
+        GraphChoice::Off => &[false],
+        GraphChoice::On => &[true],
+        GraphChoice::Both => &[false, true],
+    }
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    // Everything checked before any work.
+    if args.iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    if args.batch.is_empty() || args.batch.contains(&0) {
+        bail!("--batch takes sizes of at least 1");
+    }
+    let names: Vec<String> = if args.workloads.is_empty() {
+        DEFAULT_WORKLOADS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.workloads.clone()
+    };
+    let workloads: Vec<&'static Workload> = dedup(
+        names
+            .iter()
+            .map(|n| workload(n.trim()))
+            .collect::<smarttrim::Result<_>>()?,
+    );
+    let schedules: Vec<Schedule> = if args.schedule.is_empty() {
+        SCHEDULES.to_vec()
+    } else {
+        args.schedule
+            .iter()
+            .map(|s| Schedule::parse(s.trim()))
+            .collect::<smarttrim::Result<_>>()?
+    };
+    let schedules = dedup(schedules);
+    let batches = dedup(args.batch.clone());
+    let torch = args.torch.as_ref().map(read_torch).transpose()?;
+    let sync = match args.sync {
+        SyncChoice::ReadCounts => SyncPolicy::ReadCounts,
+        SyncChoice::UpperBound => SyncPolicy::UpperBound,
+    };
+    let (engine, device_name, sync_name) = match args.device {
+        BenchDevice::Cpu => (Engine::Cpu, "cpu".to_string(), "none".to_string()),
+        BenchDevice::Cuda => {
+            let dev = Device::open(0).map_err(|e| {
+                anyhow!("--device cuda: {e}; `--device cpu` runs the CPU reference instead")
+            })?;
+            smarttrim::kernels::ensure_built().map_err(|e| anyhow!("--device cuda: {e}"))?;
+            let name = dev
+                .info()
+                .map(|i| i.name)
+                .unwrap_or_else(|_| "cuda:0".into());
+            let sync_name = match sync {
+                SyncPolicy::ReadCounts => "read-counts",
+                SyncPolicy::UpperBound => "upper-bound",
+            };
+            (Engine::Cuda { dev, sync }, name, sync_name.to_string())
+        }
+    };
+    let commit = commit();
+    let graphs = graph_modes(args.graph);
+
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for w in &workloads {
+        // Plans: always the dense one (it carries the dense baseline).
+        let mut plans: Vec<Plan> = vec![w.plan(Schedule::Dense)?];
+        for &s in &schedules {
+            if s != Schedule::Dense && !plans.iter().any(|p| p.schedule == s) {
+                plans.push(w.plan(s)?);
+            }
+        }
+        for p in &plans {
+            if let (Some(fit), Some(target)) = (p.fit, p.schedule.target()) {
+                if !fit.reachable {
+                    notes.push(format!(
+                        "{} {}: target FLOPs ratio {target:.2} is not reachable (reachable: \
+                         {:.3} to {:.3}); ran the closest, {:.3} (rho = {})",
+                        w.name, p.schedule, fit.min_ratio, fit.max_ratio, fit.flops_ratio, fit.rho
+                    ));
+                }
+            }
+        }
+        eprintln!("bench: {}: generating weights (seed {})", w.name, args.seed);
+        let base = w.weights(args.seed)?;
+        let inputs: Vec<Inputs> = args
+            .batch
+            .iter()
+            .map(|&b| w.inputs(b, args.seed.wrapping_add(1)))
+            .collect::<smarttrim::Result<_>>()?;
+        // (batch index, graph, schedule) -> outcome; (batch index, graph) -> dense baseline.
+        let mut pruned: HashMap<(usize, bool, Schedule), Outcome> = HashMap::new();
+        let mut dense: HashMap<(usize, bool), Outcome> = HashMap::new();
+        for plan in &plans {
+            let loaded = match engine.load(plan.weights(&base)?) {
+                Ok(l) => Ok(l),
+                Err(Error::Unsupported { message, .. }) => Err(message),
+                Err(e) => return Err(e.into()),
+            };
+            for (bi, &batch) in batches.iter().enumerate() {
+                let mut session = match &loaded {
+                    Ok(l) => match l.session(w, batch, &inputs[bi]) {
+                        Ok(s) => Ok(s),
+                        Err(Error::Unsupported { message, .. }) => Err(message),
+                        Err(e) => return Err(e.into()),
+                    },
+                    Err(m) => Err(m.clone()),
+                };
+                for &graph in graphs {
+                    let mut one = |dense_pass: bool| -> anyhow::Result<Outcome> {
+                        let what = format!(
+                            "{} {} batch {batch}{}{}",
+                            w.name,
+                            plan.schedule,
+                            if graph { " graph" } else { "" },
+                            if dense_pass { " (dense pass)" } else { "" }
+                        );
+                        let o = match &mut session {
+                            Ok(s) => {
+                                measure(s, plan, batch, dense_pass, graph, args.warmup, args.iters)
+                                    .with_context(|| what.clone())?
+                            }
+                            Err(m) => Err(m.clone()),
+                        };
+                        match &o {
+                            Ok(m) => eprintln!("bench: {what}: {:.3} ms", m.timing.median),
+                            Err(m) => eprintln!("bench: {what}: unsupported: {m}"),
+                        }
+                        Ok(o)
+                    };
+                    if plan.schedule == Schedule::Dense {
+                        dense.insert((bi, graph), one(true)?);
+                        if schedules.contains(&Schedule::Dense) {
+                            pruned.insert((bi, graph, Schedule::Dense), one(false)?);
+                        }
+                    } else {
+                        pruned.insert((bi, graph, plan.schedule), one(false)?);
+                    }
+                }
+            }
+        }
+        for (bi, &batch) in batches.iter().enumerate() {
+            let t = torch
+                .as_ref()
+                .and_then(|m| m.get(&(w.name.to_string(), batch)).cloned());
+            for &s in &schedules {
+                let plan = plans
+                    .iter()
+                    .find(|p| p.schedule == s)
+                    .expect("a plan per schedule");
+                for &graph in graphs {
+                    let d = &dense[&(bi, graph)];
+                    let p = &pruned[&(bi, graph, s)];
+                    let mut row = Row {
+                        workload: w.name.to_string(),
+                        batch,
+                        schedule: s.name(),
+                        device: device_name.clone(),
+                        commit: commit.clone(),
+                        status: "ok",
+                        note: None,
+                        graph,
+                        sync_policy: sync_name.clone(),
+                        warmup: args.warmup,
+                        iters: args.iters,
+                        seed: args.seed,
+                        flops_ratio: None,
+                        target_flops_ratio: s.target(),
+                        target_reachable: plan.fit.map(|f| f.reachable),
+                        rho: plan.fit.map(|f| f.rho),
+                        predicted_flops_ratio: plan.predicted_flops_ratio(batch)?,
+                        dense_ms: None,
+                        dense_p10_ms: None,
+                        dense_p90_ms: None,
+                        pruned_ms: None,
+                        pruned_p10_ms: None,
+                        pruned_p90_ms: None,
+                        dense_wall_ms: None,
+                        pruned_wall_ms: None,
+                        speedup: None,
+                        efficiency: None,
+                        syncs_per_forward: None,
+                        dense_syncs_per_forward: None,
+                        torch_dense_ms: t.as_ref().and_then(|t| t.eager_ms),
+                        torch_compile_dense_ms: t.as_ref().and_then(|t| t.compile_ms),
+                        torch_version: t.as_ref().and_then(|t| t.version.clone()),
+                        torch_device: t.as_ref().and_then(|t| t.device.clone()),
+                        torch_baseline_mode: None,
+                        dense_vs_torch: None,
+                        pruned_vs_torch: None,
+                    };
+                    match (d, p) {
+                        (Ok(d), Ok(p)) => {
+                            let speedup = d.timing.median / p.timing.median;
+                            row.flops_ratio = Some(p.flops_ratio);
+                            row.dense_ms = Some(d.timing.median);
+                            row.dense_p10_ms = Some(d.timing.p10);
+                            row.dense_p90_ms = Some(d.timing.p90);
+                            row.pruned_ms = Some(p.timing.median);
+                            row.pruned_p10_ms = Some(p.timing.p10);
+                            row.pruned_p90_ms = Some(p.timing.p90);
+                            row.dense_wall_ms = Some(d.wall.median);
+                            row.pruned_wall_ms = Some(p.wall.median);
+                            row.speedup = Some(speedup);
+                            row.efficiency = Some(speedup * p.flops_ratio);
+                            row.syncs_per_forward = Some(p.syncs);
+                            row.dense_syncs_per_forward = Some(d.syncs);
+                            if let Some((best, mode)) = t.as_ref().and_then(|t| t.best()) {
+                                row.torch_baseline_mode = Some(mode);
+                                row.dense_vs_torch = Some(best / d.timing.median);
+                                row.pruned_vs_torch = Some(best / p.timing.median);
+                            }
+                            if let Some(pred) = row.predicted_flops_ratio {
+                                if (pred - p.flops_ratio).abs() > 1e-12 {
+                                    notes.push(format!(
+                                        "{} {} batch {batch}: the pass's statistics give a FLOPs \
+                                         ratio of {:.4}, the host predicted {pred:.4}",
+                                        w.name, s, p.flops_ratio
+                                    ));
+                                }
+                            }
+                        }
+                        (Err(m), _) | (_, Err(m)) => {
+                            row.status = "unsupported";
+                            row.note = Some(m.clone());
+                        }
+                    }
+                    rows.push(row);
+                }
+            }
+        }
+    }
+
+    print_table(
+        &rows,
+        &device_name,
+        &commit,
+        &sync_name,
+        args,
+        torch.is_some(),
+    )?;
+    for n in &notes {
+        outln!("note: {n}")?;
+    }
+    if let Some(path) = &args.json {
+        let mut text = serde_json::to_string_pretty(&rows)?;
+        text.push('\n');
+        smarttrim::tensor_io::write_atomic(path, text.as_bytes())?;
+        eprintln!("bench: wrote {} rows to {}", rows.len(), path.display());
+    }
+    Ok(())
+}
+
+fn opt(v: Option<f64>, prec: usize) -> String {
+    v.map_or_else(|| "-".into(), |x| format!("{x:.prec$}"))
+}
+
+fn print_table(
+    rows: &[Row],
+    device: &str,
+    commit: &str,
+    sync: &str,
+    args: &BenchArgs,
+    torch: bool,
+) -> anyhow::Result<()> {
+    outln!(
+        "smarttrim bench: device {device}, commit {commit}, sync {sync}, seed {}; times are \
+         medians of {} forward passes after {} warm-up (p10/p90 in --json)",
+        args.seed,
+        args.iters,
+        args.warmup
+    )?;
+    let mut head = vec![
+        "workload",
+        "batch",
+        "schedule",
+        "graph",
+        "syncs/fwd",
+        "FLOPs ratio",
+        "dense ms",
+        "pruned ms",
+        "speedup",
+        "efficiency",
+    ];
+    if torch {
+        head.extend([
+            "torch eager ms",
+            "torch compile ms",
+            "dense vs torch",
+            "pruned vs torch",
+        ]);
+    }
+    let mut cells: Vec<Vec<String>> = Vec::new();
+    for r in rows {
+        let mut c = vec![
+            r.workload.clone(),
+            r.batch.to_string(),
+            r.schedule.clone(),
+            if r.graph { "on" } else { "off" }.to_string(),
+        ];
+        if r.status != "ok" {
+            c.push(format!(
+                "unsupported: {}",
+                r.note.as_deref().unwrap_or("the runtime cannot run this")
+            ));
+            cells.push(c);
+            continue;
+        }
+        let ratio = match r.target_reachable {
+            Some(false) => format!("{}*", opt(r.flops_ratio, 3)),
+            _ => opt(r.flops_ratio, 3),
+        };
+        c.extend([
+            r.syncs_per_forward.map_or("-".into(), |s| s.to_string()),
+            ratio,
+            opt(r.dense_ms, 3),
+            opt(r.pruned_ms, 3),
+            opt(r.speedup, 2),
+            opt(r.efficiency, 2),
+        ]);
+        if torch {
+            c.extend([
+                opt(r.torch_dense_ms, 3),
+                opt(r.torch_compile_dense_ms, 3),
+                opt(r.dense_vs_torch, 2),
+                opt(r.pruned_vs_torch, 2),
+            ]);
+        }
+        cells.push(c);
+    }
+    let mut width: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for c in &cells {
+        // An "unsupported" row's last cell spans the rest of the table.
+        if c.len() < head.len() {
+            for (i, x) in c.iter().take(c.len() - 1).enumerate() {
+                width[i] = width[i].max(x.len());
+            }
+            continue;
+        }
+        for (i, x) in c.iter().enumerate() {
+            width[i] = width[i].max(x.len());
+        }
+    }
+    let line = |c: &[String]| -> String {
+        let mut s = String::new();
+        for (i, x) in c.iter().enumerate() {
+            if i > 0 {
+                s.push_str("  ");
+            }
+            if i == c.len() - 1 && c.len() < head.len() {
+                s.push_str(x);
+            } else if i < 4 {
+                s.push_str(&format!("{x:<w$}", w = width[i]));
+            } else {
+                s.push_str(&format!("{x:>w$}", w = width[i]));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let h: Vec<String> = head.iter().map(|s| s.to_string()).collect();
+    outln!("{}", line(&h))?;
+    for c in &cells {
+        outln!("{}", line(c))?;
+    }
+    if rows.iter().any(|r| r.target_reachable == Some(false)) {
+        outln!("* target FLOPs ratio not reachable on this model: the closest reachable ran")?;
+    }
+    outln!(
+        "speedup = dense ms / pruned ms; efficiency = speedup x FLOPs ratio (1 = time falls with \
+         model FLOPs){}",
+        if torch {
+            "; vs torch = the faster torch dense ms / ours"
+        } else {
+            ""
+        }
+    )?;
+    Ok(())
+}
