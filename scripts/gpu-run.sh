@@ -159,7 +159,9 @@ if [[ $bench == 1 ]]; then
   export SMARTTRIM_BENCH_ITERS="${SMARTTRIM_BENCH_ITERS:-20}"
   if "$here/bin/smarttrim" bench --help >/dev/null 2>&1; then
     step_into bench bench timeout -k 10 "${SMARTTRIM_BENCH_TIMEOUT:-180}" \
-      "$here/bin/smarttrim" bench --json "$report/bench.json" ${torch_json:+--torch "$report/torch.json"}
+      "$here/bin/smarttrim" bench --graph both \
+      --warmup "$SMARTTRIM_BENCH_WARMUP" --iters "$SMARTTRIM_BENCH_ITERS" \
+      --json "$report/bench.json" ${torch_json:+--torch "$report/torch.json"}
   else
     echo "bench      not run: this smarttrim has no \`bench\` subcommand" | tee -a "$summary"
   fi

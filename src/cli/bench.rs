@@ -18,6 +18,8 @@ use smarttrim::spec::Weights;
 use smarttrim::workloads::{workload, Plan, Schedule, Workload, DEFAULT_WORKLOADS, SCHEDULES};
 use smarttrim::Error;
 
+use super::gpu::SyncChoice;
+
 /// Where the passes run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchDevice {
@@ -25,15 +27,6 @@ pub enum BenchDevice {
     Cuda,
     /// The exact f32 CPU reference.
     Cpu,
-}
-
-/// The GPU pass's host synchronisation policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SyncChoice {
-    /// Read the new row counts after each pruning layer.
-    ReadCounts,
-    /// Size launches by the unpruned upper bound: one wait, at the end.
-    UpperBound,
 }
 
 /// CUDA graph capture of the passes.
@@ -508,10 +501,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let schedules = dedup(schedules);
     let batches = dedup(args.batch.clone());
     let torch = args.torch.as_ref().map(read_torch).transpose()?;
-    let sync = match args.sync {
-        SyncChoice::ReadCounts => SyncPolicy::ReadCounts,
-        SyncChoice::UpperBound => SyncPolicy::UpperBound,
-    };
+    let sync = SyncPolicy::from(args.sync);
     let (engine, device_name, sync_name) = match args.device {
         BenchDevice::Cpu => (Engine::Cpu, "cpu".to_string(), "none".to_string()),
         BenchDevice::Cuda => {

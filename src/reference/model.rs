@@ -121,8 +121,8 @@ pub struct StreamOutput {
 }
 
 /// Per sequence statistics of one layer of one stream: (kept rows, active
-/// self heads, active cross heads).
-pub type LayerStats = (Vec<i32>, Vec<i32>, Vec<i32>);
+/// self heads, active cross heads); the model description's type.
+pub use crate::spec::schedule::LayerStats;
 
 /// Results of [`forward`].
 #[derive(Debug, Clone, PartialEq)]
