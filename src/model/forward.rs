@@ -441,9 +441,10 @@ impl GpuModel {
     /// are on the host (one wait on `stream` at the end; see
     /// [`crate::model`] for what runs where and the sync policies).
     ///
-    /// Inputs are validated and embedded on the host before any device work
-    /// ([`prepare_inputs`]); a workspace made for another model or too small
-    /// for the inputs is an [`Error::InvalidArgument`], and so is
+    /// Inputs are validated on the host before any device work (every
+    /// problem in one [`Error::Input`]) and embedded on the device; a
+    /// workspace made for another model or too small for the inputs is an
+    /// [`Error::InvalidArgument`], and so is
     /// `opts.graph` with a pass that must wait inside
     /// ([`GpuModel::graph_capturable`]). A workspace must not be used by two
     /// passes at once (the `&mut` enforces it within one process thread; a
