@@ -41,22 +41,7 @@ pub fn prepare_inputs(
     inputs: &Inputs,
     capacity: Option<&Capacity>,
 ) -> Result<PreparedInputs> {
-    let embeddings: Vec<&EmbeddingWeights> = embeddings.iter().collect();
-    let (xs, context) = embed_inputs(cfg, &embeddings, inputs)?;
-    // Batch agreement across streams is checked by `embed_inputs`; an empty
-    // batch is valid on the CPU but has no work for the device.
-    if xs[0].batch() == 0 {
-        return Err(Error::Input(vec!["the batch is empty".into()]));
-    }
-    let prep = PreparedInputs {
-        batch: xs[0].batch(),
-        streams: xs,
-        context,
-    };
-    if let Some(cap) = capacity {
-        cap.check_fits(cfg, &prep)?;
-    }
-    Ok(prep)
+    prepare(cfg, embeddings, inputs, capacity, true)
 }
 
 /// [`prepare_inputs`] without the host embedding: the same validation and
@@ -68,8 +53,25 @@ pub(crate) fn check_pass_inputs(
     inputs: &Inputs,
     capacity: Option<&Capacity>,
 ) -> Result<PreparedInputs> {
+    prepare(cfg, embeddings, inputs, capacity, false)
+}
+
+fn prepare(
+    cfg: &ModelConfig,
+    embeddings: &[EmbeddingWeights],
+    inputs: &Inputs,
+    capacity: Option<&Capacity>,
+    embed: bool,
+) -> Result<PreparedInputs> {
     let embeddings: Vec<&EmbeddingWeights> = embeddings.iter().collect();
-    let (xs, context) = check_inputs(cfg, &embeddings, inputs)?;
+    let (xs, context) = if embed {
+        embed_inputs(cfg, &embeddings, inputs)?
+    } else {
+        check_inputs(cfg, &embeddings, inputs)?
+    };
+    // Batch agreement across streams is checked by the reference's
+    // validation; an empty batch is valid on the CPU but has no work for
+    // the device.
     if xs[0].batch() == 0 {
         return Err(Error::Input(vec!["the batch is empty".into()]));
     }
