@@ -210,6 +210,8 @@ impl Blas {
     }
 }
 
+/// Validates, then enqueues one cuBLASLt matmul through `call`'s handle,
+/// workspace and stream.
 fn run<Y: DevicePtrMut<f16>>(
     call: &LtCall<'_>,
     shape: LinearShape,
