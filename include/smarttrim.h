@@ -112,6 +112,22 @@ int smarttrim_model_create(const char *config_path,
                            int device_ordinal,
                            struct smarttrim_model **out);
 
+// [`smarttrim_model_create`] from memory: the config as JSON text
+// (`config_json`, `config_len` bytes, UTF-8, no NUL needed) and the weights
+// as a safetensors image (`weights`, `weights_len` bytes). Both are read
+// during the call only.
+//
+// # Safety
+//
+// `config_json` must be readable for `config_len` bytes, `weights` for
+// `weights_len` bytes; `out` must be writable.
+int smarttrim_model_create_from_memory(const char *config_json,
+                                       size_t config_len,
+                                       const uint8_t *weights,
+                                       size_t weights_len,
+                                       int device_ordinal,
+                                       struct smarttrim_model **out);
+
 // Destroys a model: frees its device memory (once no other thread is inside
 // a call on it). NULL is `SMARTTRIM_STATUS_NULL_POINTER`; a handle already
 // destroyed is `SMARTTRIM_STATUS_BAD_HANDLE`.

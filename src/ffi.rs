@@ -432,20 +432,86 @@ pub unsafe extern "C" fn smarttrim_model_create(
         })?;
         let cfg = ModelConfig::from_file(&cp)?;
         let weights = Weights::load(&cfg, &wp)?;
-        check_supported(&cfg)?;
-        let dev = Device::open(ordinal)?;
-        let model = GpuModel::new(&dev, &weights)?;
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let live = Live {
-            model,
-            workspace: None,
-            stats: None,
-            device_pass: None,
+        // SAFETY: `out` is non-null and writable (checked above).
+        unsafe { register(cfg, weights, ordinal, out) }
+    })
+}
+
+/// Uploads a loaded model to GPU `ordinal`, registers it and writes its
+/// handle to `*out`.
+///
+/// # Safety
+///
+/// `out` must be non-null and writable.
+unsafe fn register(
+    cfg: ModelConfig,
+    weights: Weights,
+    ordinal: usize,
+    out: *mut *mut SmarttrimModel,
+) -> Result<(), Fail> {
+    check_supported(&cfg)?;
+    let dev = Device::open(ordinal)?;
+    let model = GpuModel::new(&dev, &weights)?;
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let live = Live {
+        model,
+        workspace: None,
+        stats: None,
+        device_pass: None,
+    };
+    registry().insert(id, Arc::new(Mutex::new(live)));
+    // SAFETY: the caller's contract; the handle is an id, never dereferenced.
+    unsafe { write_out(out, std::ptr::without_provenance_mut(id)) };
+    Ok(())
+}
+
+/// [`smarttrim_model_create`] from memory: the config as JSON text
+/// (`config_json`, `config_len` bytes, UTF-8, no NUL needed) and the weights
+/// as a safetensors image (`weights`, `weights_len` bytes). Both are read
+/// during the call only.
+///
+/// # Safety
+///
+/// `config_json` must be readable for `config_len` bytes, `weights` for
+/// `weights_len` bytes; `out` must be writable.
+#[no_mangle]
+pub unsafe extern "C" fn smarttrim_model_create_from_memory(
+    config_json: *const c_char,
+    config_len: usize,
+    weights: *const u8,
+    weights_len: usize,
+    device_ordinal: c_int,
+    out: *mut *mut SmarttrimModel,
+) -> c_int {
+    guard(|| {
+        nonnull(out, "out")?;
+        // SAFETY: `out` is non-null and the caller promises it is writable.
+        unsafe { write_out(out, std::ptr::null_mut()) };
+        nonnull(config_json, "config_json")?;
+        nonnull(weights, "weights")?;
+        // SAFETY: non-null; the caller promises the lengths.
+        let (cj, wb) = unsafe {
+            (
+                read_slice(config_json.cast::<u8>(), config_len),
+                read_slice(weights, weights_len),
+            )
         };
-        registry().insert(id, Arc::new(Mutex::new(live)));
-        // SAFETY: as above; the handle is an id, never dereferenced.
-        unsafe { write_out(out, std::ptr::without_provenance_mut(id)) };
-        Ok(())
+        let text = std::str::from_utf8(cj).map_err(|e| {
+            fail(
+                SmarttrimStatus::InvalidArgument,
+                format!("config_json is not UTF-8: {e}"),
+            )
+        })?;
+        let ordinal = usize::try_from(device_ordinal).map_err(|_| {
+            fail(
+                SmarttrimStatus::InvalidArgument,
+                format!("device_ordinal = {device_ordinal}: must be >= 0"),
+            )
+        })?;
+        let cfg = ModelConfig::from_json(text)?;
+        let w = Weights::from_safetensors_bytes(&cfg, wb, "weights in memory")?;
+        // SAFETY: `out` is non-null and writable (checked above).
+        unsafe { register(cfg, w, ordinal, out) }
     })
 }
 

@@ -615,3 +615,73 @@ fn device_pointer_pass(
         SmarttrimStatus::InvalidArgument as i32
     );
 }
+
+/// `smarttrim_model_create_from_memory`: null pointers, text that is not
+/// UTF-8 or not a config, weights that do not match are reported with their
+/// status before the device; a valid model then reaches the device (here:
+/// `NO_DRIVER`/`NO_DEVICE`, or a live handle on a GPU machine).
+#[test]
+fn create_from_memory() {
+    let cfg = gpu_variant(&preset("tiny-meter").unwrap());
+    let json = cfg.to_json().unwrap();
+    let weights = Weights::random(&cfg, 3)
+        .unwrap()
+        .to_safetensors_bytes()
+        .unwrap();
+    let create = |j: &[u8], w: &[u8]| {
+        let mut m = ptr::without_provenance_mut::<SmarttrimModel>(0x1234);
+        // SAFETY: the slices are readable for their lengths; `m` is writable.
+        let st = unsafe {
+            smarttrim_model_create_from_memory(
+                j.as_ptr().cast(),
+                j.len(),
+                w.as_ptr(),
+                w.len(),
+                0,
+                &mut m,
+            )
+        };
+        (st, m)
+    };
+    let (st, m) = create(b"{ not json", &weights);
+    assert_eq!(st, SmarttrimStatus::ConfigError as i32, "{}", last_error());
+    assert!(m.is_null());
+    let (st, _) = create(&[0xff, 0xfe], &weights);
+    assert_eq!(
+        st,
+        SmarttrimStatus::InvalidArgument as i32,
+        "{}",
+        last_error()
+    );
+    assert!(last_error().contains("UTF-8"), "{}", last_error());
+    let (st, _) = create(json.as_bytes(), &weights[..weights.len() / 2]);
+    assert_eq!(st, SmarttrimStatus::WeightsError as i32, "{}", last_error());
+    let mut out = ptr::null_mut();
+    // SAFETY: null pointers must be reported, not read.
+    let st = unsafe {
+        smarttrim_model_create_from_memory(
+            ptr::null(),
+            0,
+            weights.as_ptr(),
+            weights.len(),
+            0,
+            &mut out,
+        )
+    };
+    assert_eq!(st, SmarttrimStatus::NullPointer as i32);
+    let (st, m) = create(json.as_bytes(), &weights);
+    if st == OK {
+        assert_eq!(smarttrim_model_destroy(m), OK);
+    } else {
+        assert!(
+            [
+                SmarttrimStatus::NoDriver as i32,
+                SmarttrimStatus::NoDevice as i32
+            ]
+            .contains(&st),
+            "status {st}: {}",
+            last_error()
+        );
+        assert!(m.is_null());
+    }
+}
