@@ -136,7 +136,9 @@ int smarttrim_model_destroy(struct smarttrim_model *model);
 // The device bytes of the workspace a forward pass of `model` needs for
 // batches of up to `max_batch` sequences and, per config stream, sequences
 // of up to `max_seqlen_per_stream[s]` rows (a cross encoder: one more entry,
-// its context's longest sequence). Weights not included.
+// its context's longest sequence): the size of the memory to hand to
+// [`smarttrim_model_set_workspace`]. Weights not included, nor the
+// cuBLASLt workspace (32 MiB on Hopper) smarttrim allocates itself.
 //
 // # Safety
 //
@@ -187,6 +189,27 @@ int smarttrim_forward(struct smarttrim_model *model,
 int smarttrim_model_reserve(struct smarttrim_model *model,
                             int max_batch,
                             const int *max_seqlen_per_stream);
+
+// Makes the model's workspace out of device memory the caller owns:
+// `bytes` at `ptr` (a `CUdeviceptr` of the model's context, 256-byte
+// aligned, at least [`smarttrim_model_workspace_bytes`] for this capacity),
+// for batches of up to `max_batch` sequences and the given longest
+// sequences (as [`smarttrim_model_reserve`]), replacing any earlier
+// workspace. The memory is zero-filled here and never freed by smarttrim;
+// only the cuBLASLt workspace (32 MiB on Hopper) is allocated. Passes then
+// allocate nothing ([`smarttrim_forward_device`]).
+//
+// # Safety
+//
+// `max_seqlen_per_stream` must be readable for that many `int`s; `ptr`
+// must be device memory of the model's context holding `bytes` bytes,
+// used by nothing else, alive until the model is destroyed or given
+// another workspace and every pass enqueued with it has finished.
+int smarttrim_model_set_workspace(struct smarttrim_model *model,
+                                  uint64_t ptr,
+                                  size_t bytes,
+                                  int max_batch,
+                                  const int *max_seqlen_per_stream);
 
 // Runs one forward pass on **device** buffers, enqueued on the caller's
 // `stream` (NULL: the model's own stream), without allocating and, under

@@ -319,7 +319,9 @@ fn lock(h: &Handle) -> MutexGuard<'_, Live> {
     h.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The workspace bytes of `cfg` at a capacity: `max_seqlen` holds one entry
+/// The workspace bytes of `cfg` at a capacity, as caller memory for
+/// [`smarttrim_model_set_workspace`] needs them (every buffer 256-byte
+/// aligned: [`WorkspaceLayout::arena_bytes`]): `max_seqlen` holds one entry
 /// per config stream, plus the context's for a cross encoder.
 pub fn workspace_bytes(
     cfg: &ModelConfig,
@@ -327,7 +329,7 @@ pub fn workspace_bytes(
     max_seqlen: &[usize],
 ) -> crate::Result<usize> {
     let cap = capacity(cfg, max_batch, max_seqlen)?;
-    Ok(WorkspaceLayout::new(cfg, &cap)?.bytes())
+    Ok(WorkspaceLayout::new(cfg, &cap)?.arena_bytes())
 }
 
 fn capacity(cfg: &ModelConfig, max_batch: usize, max_seqlen: &[usize]) -> crate::Result<Capacity> {
@@ -540,7 +542,9 @@ pub extern "C" fn smarttrim_model_destroy(model: *mut SmarttrimModel) -> c_int {
 /// The device bytes of the workspace a forward pass of `model` needs for
 /// batches of up to `max_batch` sequences and, per config stream, sequences
 /// of up to `max_seqlen_per_stream[s]` rows (a cross encoder: one more entry,
-/// its context's longest sequence). Weights not included.
+/// its context's longest sequence): the size of the memory to hand to
+/// [`smarttrim_model_set_workspace`]. Weights not included, nor the
+/// cuBLASLt workspace (32 MiB on Hopper) smarttrim allocates itself.
 ///
 /// # Safety
 ///
@@ -736,24 +740,8 @@ pub unsafe extern "C" fn smarttrim_model_reserve(
         let h = lookup(model)?;
         let mut live = lock(&h);
         let cfg = live.model.config().clone();
-        let n = seqlen_entries(&cfg);
         // SAFETY: non-null; the caller promises one entry per stream (+ context).
-        let lens = unsafe { read_slice(max_seqlen_per_stream, n) };
-        let lens = lens
-            .iter()
-            .map(|&v| usize::try_from(v).ok().filter(|&v| v > 0))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| fail(SmarttrimStatus::InvalidArgument, "a max_seqlen below 1"))?;
-        let b = usize::try_from(max_batch)
-            .ok()
-            .filter(|&b| (1..=65_535).contains(&b))
-            .ok_or_else(|| {
-                fail(
-                    SmarttrimStatus::InvalidArgument,
-                    format!("max_batch = {max_batch}: must be in 1..=65535"),
-                )
-            })?;
-        let cap = capacity(&cfg, b, &lens)?;
+        let cap = unsafe { read_capacity(&cfg, max_batch, max_seqlen_per_stream)? };
         live.workspace = None;
         live.device_pass = None;
         let ws = Workspace::new(&live.model, cap)?;
@@ -768,6 +756,85 @@ type DeviceInputParts<'a> = (
     crate::device::ForeignSlice<i32>,
     &'a [i32],
 );
+
+/// Makes the model's workspace out of device memory the caller owns:
+/// `bytes` at `ptr` (a `CUdeviceptr` of the model's context, 256-byte
+/// aligned, at least [`smarttrim_model_workspace_bytes`] for this capacity),
+/// for batches of up to `max_batch` sequences and the given longest
+/// sequences (as [`smarttrim_model_reserve`]), replacing any earlier
+/// workspace. The memory is zero-filled here and never freed by smarttrim;
+/// only the cuBLASLt workspace (32 MiB on Hopper) is allocated. Passes then
+/// allocate nothing ([`smarttrim_forward_device`]).
+///
+/// # Safety
+///
+/// `max_seqlen_per_stream` must be readable for that many `int`s; `ptr`
+/// must be device memory of the model's context holding `bytes` bytes,
+/// used by nothing else, alive until the model is destroyed or given
+/// another workspace and every pass enqueued with it has finished.
+#[no_mangle]
+pub unsafe extern "C" fn smarttrim_model_set_workspace(
+    model: *mut SmarttrimModel,
+    ptr: u64,
+    bytes: usize,
+    max_batch: c_int,
+    max_seqlen_per_stream: *const c_int,
+) -> c_int {
+    guard(|| {
+        nonnull(max_seqlen_per_stream, "max_seqlen_per_stream")?;
+        if ptr == 0 {
+            return Err(fail(
+                SmarttrimStatus::NullPointer,
+                "`ptr` is a null device pointer",
+            ));
+        }
+        let h = lookup(model)?;
+        let mut live = lock(&h);
+        let cfg = live.model.config().clone();
+        // SAFETY: non-null; the caller promises one entry per stream (+ context).
+        let cap = unsafe { read_capacity(&cfg, max_batch, max_seqlen_per_stream)? };
+        live.workspace = None;
+        live.device_pass = None;
+        let dev = live.model.device();
+        // SAFETY: the caller's contract above; the wrapper never frees it.
+        let mem = unsafe { crate::device::ForeignSlice::<u8>::new(dev, ptr, bytes) };
+        let ws = Workspace::in_memory(&live.model, cap, mem)?;
+        live.workspace = Some(ws);
+        Ok(())
+    })
+}
+
+/// Reads and checks `max_batch` and one longest sequence per stream (plus
+/// the context's for a cross encoder).
+///
+/// # Safety
+///
+/// `max_seqlen_per_stream` must be non-null and readable for that many
+/// `int`s.
+unsafe fn read_capacity(
+    cfg: &ModelConfig,
+    max_batch: c_int,
+    max_seqlen_per_stream: *const c_int,
+) -> Result<Capacity, Fail> {
+    let n = seqlen_entries(cfg);
+    // SAFETY: the caller's contract.
+    let lens = unsafe { read_slice(max_seqlen_per_stream, n) };
+    let lens = lens
+        .iter()
+        .map(|&v| usize::try_from(v).ok().filter(|&v| v > 0))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| fail(SmarttrimStatus::InvalidArgument, "a max_seqlen below 1"))?;
+    let b = usize::try_from(max_batch)
+        .ok()
+        .filter(|&b| (1..=65_535).contains(&b))
+        .ok_or_else(|| {
+            fail(
+                SmarttrimStatus::InvalidArgument,
+                format!("max_batch = {max_batch}: must be in 1..=65535"),
+            )
+        })?;
+    Ok(capacity(cfg, b, &lens)?)
+}
 
 /// Reads one device input's host `cu_seqlens` (validated by the runtime).
 ///

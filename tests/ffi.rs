@@ -170,6 +170,14 @@ fn made_up_and_destroyed_handles_are_bad_handles() {
             bad
         );
         assert_eq!(smarttrim_model_reserve(h, 1, lens.as_ptr()), bad);
+        assert_eq!(
+            smarttrim_model_set_workspace(h, 0x1000, 1 << 20, 1, lens.as_ptr()),
+            bad
+        );
+        assert_eq!(
+            smarttrim_model_set_workspace(h, 0, 1 << 20, 1, lens.as_ptr()),
+            SmarttrimStatus::NullPointer as i32
+        );
         let cu = [0i32, 1];
         let dins = [SmarttrimDeviceInput {
             rows: 0,
@@ -277,10 +285,15 @@ fn workspace_bytes_matches_the_layout() {
         max_seqlen: vec![8, 17],
         context_max_seqlen: 0,
     };
-    let want = smarttrim::model::WorkspaceLayout::new(&cfg, &cap)
-        .unwrap()
-        .bytes();
+    let lay = smarttrim::model::WorkspaceLayout::new(&cfg, &cap).unwrap();
+    let want = lay.arena_bytes();
     assert_eq!(workspace_bytes(&cfg, 4, &[8, 17]).unwrap(), want);
+    // Every buffer rounded up to 256 bytes: at least the raw sum.
+    assert!(
+        want >= lay.bytes() && want % 256 == 0,
+        "{want} vs {}",
+        lay.bytes()
+    );
     assert!(workspace_bytes(&cfg, 4, &[8]).is_err());
     let blip = gpu_variant(&preset("tiny-blip").unwrap());
     assert!(workspace_bytes(&blip, 2, &[8, 5]).unwrap() > 0);

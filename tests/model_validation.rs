@@ -86,6 +86,20 @@ fn workspace_sizing() {
     for s in &lay.streams {
         assert_eq!(s.bytes(8), stream_bytes_by_hand(s, 8));
     }
+    // Caller memory: every buffer rounded up to 256 bytes.
+    let up = |n: usize| n.div_ceil(256) * 256;
+    let arena: usize = lay
+        .streams
+        .iter()
+        .flat_map(|s| s.buffers(8))
+        .map(|(_, n, e)| up(n.max(1) * e))
+        .sum::<usize>()
+        + up(2)
+        + up(4 * 9)
+        + up(4 * 2)
+        + up(4 * lay.stats);
+    assert_eq!(lay.arena_bytes(), arena);
+    assert!(lay.arena_bytes() >= lay.bytes());
     let shared = 2 + 4 * 9 + 4 * 2 + 4 * lay.stats;
     assert_eq!(
         lay.bytes(),

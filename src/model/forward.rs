@@ -171,11 +171,11 @@ fn upload(dev: &Device, ws: &mut Workspace, inputs: &Inputs, prep: &PreparedInpu
         let rows16: Vec<f16> = c.rows.iter().map(|&v| f16::from_f32(v)).collect();
         if !rows16.is_empty() {
             stream
-                .memcpy_htod(&rows16, &mut ws.context_rows)
+                .memcpy_htod(&rows16, &mut *ws.context_rows)
                 .map_err(drv("uploading the context rows"))?;
         }
         stream
-            .memcpy_htod(&c.cu_seqlens, &mut ws.context_cu)
+            .memcpy_htod(&c.cu_seqlens, &mut *ws.context_cu)
             .map_err(drv("uploading the context cu_seqlens"))?;
     }
     Ok(())

@@ -5,8 +5,10 @@
 //!   kernels support the model ([`check_supported`]).
 //! - [`Workspace::new`] allocates, once per model and [`Capacity`] (max batch,
 //!   max rows per sequence of each stream), every device buffer a forward pass
-//!   needs; a forward pass allocates nothing on the device (the first one also
-//!   loads the kernel modules).
+//!   needs, or [`Workspace::in_memory`] carves them from device memory the
+//!   caller owns ([`WorkspaceLayout::arena_bytes`] bytes); a forward pass
+//!   allocates nothing on the device (the first one also loads the kernel
+//!   modules).
 //! - [`GpuModel::forward`] runs the pass and returns [`GpuOutputs`]: final
 //!   packed rows per stream (f32 on the host), `cu_seqlens`, `orig_index`,
 //!   pooled first/mean rows, and per layer and sequence the kept rows and
@@ -103,7 +105,7 @@ mod workspace;
 pub use device_io::{DevicePacked, DevicePass, DeviceStreamOutput};
 pub use input::{prepare_inputs, PreparedInputs};
 pub use weights::{check_supported, gpu_variant, GpuModel};
-pub use workspace::{Capacity, StreamLayout, Workspace, WorkspaceLayout, MAX_GRAPHS};
+pub use workspace::{Capacity, StreamLayout, Workspace, WorkspaceLayout, ARENA_ALIGN, MAX_GRAPHS};
 
 use crate::reference::{HeadRecord, Packed};
 use crate::spec::{Flops, SequenceFlops};

@@ -3,11 +3,15 @@
 //! [`WorkspaceLayout`] is the pure sizing arithmetic (no GPU needed, tested
 //! on its own); [`Workspace`] allocates exactly those buffers.
 
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits};
 use half::f16;
 
 use super::input::PreparedInputs;
 use super::weights::GpuModel;
+use crate::device::ForeignSlice;
 use crate::ops::compact::BUDGET_MAX_ROWS;
 use crate::ops::BlasWorkspace;
 use crate::spec::{EmbeddingConfig, KeepRule, ModelConfig, ModelKind};
@@ -347,6 +351,26 @@ impl WorkspaceLayout {
         })
     }
 
+    /// Bytes of caller memory [`Workspace::in_memory`] needs: every buffer
+    /// rounded up to [`ARENA_ALIGN`] bytes (the cuBLASLt workspace, which
+    /// smarttrim allocates itself, not included).
+    pub fn arena_bytes(&self) -> usize {
+        let b = self.max_batch;
+        let shared = [
+            (self.context_rows * self.context_hidden, 2),
+            (b + 1, 4),
+            (self.streams.len(), 4),
+            (self.stats, 4),
+        ];
+        self.streams
+            .iter()
+            .flat_map(|s| s.buffers(b))
+            .map(|(_, n, e)| (n, e))
+            .chain(shared)
+            .map(|(n, e)| align_up(n.max(1) * e))
+            .sum()
+    }
+
     /// Total device bytes of the workspace.
     pub fn bytes(&self) -> usize {
         let b = self.max_batch;
@@ -404,10 +428,16 @@ pub struct Workspace {
     pub(crate) capacity: Capacity,
     pub(crate) layout: WorkspaceLayout,
     pub(crate) streams: Vec<StreamWs>,
-    pub(crate) context_rows: CudaSlice<f16>,
-    pub(crate) context_cu: CudaSlice<i32>,
-    pub(crate) totals: CudaSlice<i32>,
-    pub(crate) stats: CudaSlice<i32>,
+    pub(crate) context_rows: ManuallyDrop<CudaSlice<f16>>,
+    pub(crate) context_cu: ManuallyDrop<CudaSlice<i32>>,
+    pub(crate) totals: ManuallyDrop<CudaSlice<i32>>,
+    pub(crate) stats: ManuallyDrop<CudaSlice<i32>>,
+    /// The buffers above live in memory the caller owns
+    /// ([`Workspace::in_memory`]): dropping the workspace forgets them
+    /// instead of freeing them.
+    pub(crate) foreign: bool,
+    /// Keeps the caller's memory region named while the workspace lives.
+    pub(crate) arena: Option<ForeignSlice<u8>>,
     pub(crate) blas: BlasWorkspace,
     /// Timing events recorded around each pass's device work.
     pub(crate) events: (cudarc::driver::CudaEvent, cudarc::driver::CudaEvent),
@@ -465,14 +495,190 @@ impl std::fmt::Debug for Workspace {
     }
 }
 
-fn zeros<T: DeviceRepr + ValidAsZeroBits>(
-    stream: &std::sync::Arc<CudaStream>,
-    n: usize,
-    what: &str,
-) -> Result<CudaSlice<T>> {
-    stream
-        .alloc_zeros::<T>(n.max(1))
-        .map_err(|e| Error::driver(format!("allocating workspace buffer `{what}`"), e))
+/// Alignment of every buffer carved from caller memory (and of the
+/// memory itself): enough for the kernels' 16-byte vector accesses and
+/// cuBLASLt's preferred alignment.
+pub const ARENA_ALIGN: usize = 256;
+
+/// Where one buffer comes from: a fresh allocation of `n` elements, or a
+/// carved device address holding `n` elements.
+enum Region {
+    Own(usize),
+    Carved(u64, usize),
+}
+
+impl Region {
+    fn into_slice<T: DeviceRepr + ValidAsZeroBits>(
+        self,
+        stream: &Arc<CudaStream>,
+        what: &str,
+    ) -> Result<CudaSlice<T>> {
+        match self {
+            Region::Own(n) => stream
+                .alloc_zeros::<T>(n)
+                .map_err(|e| Error::driver(format!("allocating workspace buffer `{what}`"), e)),
+            // SAFETY: `Arena::carve` handed out this range of the caller's
+            // memory (zeroed, aligned, inside the region) to this buffer
+            // alone; the workspace never frees it (`Workspace::foreign`).
+            Region::Carved(ptr, n) => Ok(unsafe { stream.upgrade_device_ptr::<T>(ptr, n) }),
+        }
+    }
+}
+
+/// Bump allocation over the caller's memory.
+struct Arena {
+    next: std::cell::Cell<u64>,
+    end: u64,
+}
+
+impl Arena {
+    fn carve(&self, n: usize, size: usize) -> Result<Region> {
+        let at = self.next.get();
+        let bytes = align_up(n * size) as u64;
+        if at + bytes > self.end {
+            // Cannot happen after the arena_bytes check; reported, not UB.
+            return Err(Error::invalid(
+                OP,
+                "the caller's workspace memory is too small",
+            ));
+        }
+        self.next.set(at + bytes);
+        Ok(Region::Carved(at, n))
+    }
+}
+
+fn align_up(bytes: usize) -> usize {
+    bytes.div_ceil(ARENA_ALIGN) * ARENA_ALIGN
+}
+
+fn timing_events(model: &GpuModel) -> Result<(CudaEvent, CudaEvent)> {
+    let ctx = model.device().context();
+    let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let ev = || {
+        ctx.new_event(timed)
+            .map_err(|e| Error::driver("creating a timing event", e))
+    };
+    Ok((ev()?, ev()?))
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        // Graphs first: they name the buffers (destroying them reads none).
+        self.graphs.clear();
+        let streams = std::mem::take(&mut self.streams);
+        // SAFETY: each ManuallyDrop field is taken exactly once, here, and
+        // the workspace is not used afterwards.
+        let (cr, cc, t, st) = unsafe {
+            (
+                ManuallyDrop::take(&mut self.context_rows),
+                ManuallyDrop::take(&mut self.context_cu),
+                ManuallyDrop::take(&mut self.totals),
+                ManuallyDrop::take(&mut self.stats),
+            )
+        };
+        if self.foreign {
+            for w in streams {
+                w.forget();
+            }
+            let _ = (cr.leak(), cc.leak(), t.leak(), st.leak());
+        }
+    }
+}
+
+impl StreamWs {
+    /// Forgets every buffer without freeing it (caller-owned memory).
+    fn forget(self) {
+        let StreamWs {
+            x: [x0, x1],
+            cu: [c0, c1],
+            orig: [o0, o1],
+            a,
+            h,
+            t,
+            ctx,
+            q,
+            qkv,
+            ffn,
+            kv,
+            u,
+            uy,
+            g_self,
+            g_cross,
+            context,
+            flags,
+            scratch,
+            pairs_self,
+            pairs_cross,
+            count_self,
+            count_cross,
+            ones,
+            all_pairs,
+            all_count,
+            pooled_first,
+            pooled_mean,
+            score_log,
+            keep_log,
+            logit_log,
+            mask_log,
+            ids,
+            type_ids,
+            pixels,
+            patches,
+            patch_out,
+        } = self;
+        for b in [
+            x0,
+            x1,
+            a,
+            h,
+            t,
+            ctx,
+            q,
+            qkv,
+            ffn,
+            kv,
+            u,
+            uy,
+            pooled_first,
+            patches,
+            patch_out,
+        ] {
+            b.leak();
+        }
+        for b in [
+            c0,
+            c1,
+            o0,
+            o1,
+            scratch,
+            pairs_self,
+            pairs_cross,
+            count_self,
+            count_cross,
+        ] {
+            b.leak();
+        }
+        for b in [all_pairs, all_count] {
+            b.leak();
+        }
+        for b in [
+            g_self,
+            g_cross,
+            context,
+            pooled_mean,
+            score_log,
+            logit_log,
+            pixels,
+        ] {
+            b.leak();
+        }
+        for b in [flags, ones, keep_log, mask_log] {
+            b.leak();
+        }
+        for b in [ids, type_ids] {
+            b.leak();
+        }
+    }
 }
 
 impl Workspace {
@@ -487,10 +693,99 @@ impl Workspace {
         Ok(ws)
     }
 
+    /// Carves the buffers of [`WorkspaceLayout::new`] out of device memory
+    /// the caller owns (`mem`, at least [`WorkspaceLayout::arena_bytes`]
+    /// bytes, 256-byte aligned), zero-filled here; only the cuBLASLt
+    /// workspace and two timing events are allocated by smarttrim. The
+    /// memory is never freed by smarttrim: dropping the workspace forgets
+    /// it, and it must outlive the workspace and every pass enqueued with
+    /// it ([`ForeignSlice::new`]'s contract).
+    pub fn in_memory(model: &GpuModel, capacity: Capacity, mem: ForeignSlice<u8>) -> Result<Self> {
+        let layout = WorkspaceLayout::new(model.config(), &capacity)?;
+        let need = layout.arena_bytes();
+        if mem.len() < need {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "the caller's workspace memory holds {} bytes; this capacity needs {need}",
+                    mem.len()
+                ),
+            ));
+        }
+        let dev = model.device();
+        let stream = dev.stream();
+        let (base, _guard) = mem.device_ptr(stream);
+        if base % ARENA_ALIGN as u64 != 0 {
+            return Err(Error::invalid(
+                OP,
+                format!("the caller's workspace memory must be {ARENA_ALIGN}-byte aligned"),
+            ));
+        }
+        drop(_guard);
+        // Library-owned parts first: a failure here leaves no carved buffer
+        // behind (carved buffers must never reach cudarc's free).
+        let blas = BlasWorkspace::new(dev)?;
+        let events = timing_events(model)?;
+        // Zero the whole region once (every buffer starts zeroed, as
+        // allocated ones do).
+        // SAFETY: `mem` covers `need` bytes from `base` (checked above;
+        // ForeignSlice's contract makes them valid device memory).
+        unsafe { cudarc::driver::result::memset_d8_async(base, 0, need, stream.cu_stream()) }
+            .map_err(|e| Error::driver("zeroing the caller's workspace memory", e))?;
+        let arena = Arena {
+            next: std::cell::Cell::new(base),
+            end: base + need as u64,
+        };
+        let ws = dev.untracked(|| {
+            Self::build(
+                stream,
+                &layout,
+                capacity,
+                &|n, size| arena.carve(n, size),
+                blas,
+                events,
+                true,
+            )
+        });
+        let mut ws = ws?;
+        ws.arena = Some(mem);
+        ws.fill_ones(stream)?;
+        dev.synchronize()?;
+        Ok(ws)
+    }
+
     fn alloc(model: &GpuModel, capacity: Capacity) -> Result<Self> {
         let layout = WorkspaceLayout::new(model.config(), &capacity)?;
         let stream = model.device().stream();
+        let blas = BlasWorkspace::new(model.device())?;
+        let events = timing_events(model)?;
+        let mut ws = Self::build(
+            stream,
+            &layout,
+            capacity,
+            &|n, _| Ok(Region::Own(n)),
+            blas,
+            events,
+            false,
+        )?;
+        ws.fill_ones(stream)?;
+        Ok(ws)
+    }
+
+    /// Makes every buffer of `layout`, each from `region(elements, size of
+    /// one element)`: allocated on the model's stream, or carved.
+    fn build(
+        stream: &Arc<CudaStream>,
+        layout: &WorkspaceLayout,
+        capacity: Capacity,
+        region: &dyn Fn(usize, usize) -> Result<Region>,
+        blas: BlasWorkspace,
+        events: (CudaEvent, CudaEvent),
+        foreign: bool,
+    ) -> Result<Self> {
+        let stream = stream.clone();
         let b = layout.max_batch;
+        let get = |n: usize, size: usize| region(n.max(1), size);
         let mut streams = Vec::with_capacity(layout.streams.len());
         for sl in &layout.streams {
             let bufs = sl.buffers(b);
@@ -499,15 +794,11 @@ impl Workspace {
                     .find(|(k, _, _)| *k == name)
                     .map_or(1, |&(_, n, _)| n)
             };
-            let h16 = |name: &str| zeros::<f16>(stream, n(name), name);
-            let i32b = |name: &str| zeros::<i32>(stream, n(name), name);
-            let f32b = |name: &str| zeros::<f32>(stream, n(name), name);
-            let u8b = |name: &str| zeros::<u8>(stream, n(name), name);
-            let mut ones = u8b("ones")?;
-            let one_vals = vec![1u8; n("ones")];
-            stream
-                .memcpy_htod(&one_vals, &mut ones)
-                .map_err(|e| Error::driver("uploading the all-heads mask", e))?;
+            let h16 = |name: &str| get(n(name), 2)?.into_slice::<f16>(&stream, name);
+            let i32b = |name: &str| get(n(name), 4)?.into_slice::<i32>(&stream, name);
+            let u32b = |name: &str| get(n(name), 4)?.into_slice::<u32>(&stream, name);
+            let f32b = |name: &str| get(n(name), 4)?.into_slice::<f32>(&stream, name);
+            let u8b = |name: &str| get(n(name), 1)?.into_slice::<u8>(&stream, name);
             streams.push(StreamWs {
                 x: [h16("x[0]")?, h16("x[1]")?],
                 cu: [i32b("cu_seqlens[0]")?, i32b("cu_seqlens[1]")?],
@@ -531,7 +822,7 @@ impl Workspace {
                 pairs_cross: i32b("pairs_cross")?,
                 count_self: i32b("count_self")?,
                 count_cross: i32b("count_cross")?,
-                ones,
+                ones: u8b("ones")?,
                 all_pairs: i32b("all_pairs")?,
                 all_count: i32b("all_count")?,
                 pooled_first: h16("pooled_first")?,
@@ -540,41 +831,43 @@ impl Workspace {
                 keep_log: u8b("keep_log")?,
                 logit_log: f32b("logit_log")?,
                 mask_log: u8b("mask_log")?,
-                ids: zeros::<u32>(stream, n("ids"), "ids")?,
-                type_ids: zeros::<u32>(stream, n("type_ids"), "type_ids")?,
+                ids: u32b("ids")?,
+                type_ids: u32b("type_ids")?,
                 pixels: f32b("pixels")?,
                 patches: h16("patches")?,
                 patch_out: h16("patch_out")?,
             });
         }
-        let context_rows = zeros::<f16>(
-            stream,
-            layout.context_rows * layout.context_hidden,
-            "context rows",
-        )?;
-        let context_cu = zeros::<i32>(stream, b + 1, "context cu_seqlens")?;
-        let totals = zeros::<i32>(stream, layout.streams.len(), "totals")?;
-        let stats = zeros::<i32>(stream, layout.stats, "stats")?;
+        let context_rows = get(layout.context_rows * layout.context_hidden, 2)?
+            .into_slice::<f16>(&stream, "context rows")?;
+        let context_cu = get(b + 1, 4)?.into_slice::<i32>(&stream, "context cu_seqlens")?;
+        let totals = get(layout.streams.len(), 4)?.into_slice::<i32>(&stream, "totals")?;
+        let stats = get(layout.stats, 4)?.into_slice::<i32>(&stream, "stats")?;
         Ok(Workspace {
             capacity,
-            layout,
+            layout: layout.clone(),
             streams,
-            context_rows,
-            context_cu,
-            totals,
-            stats,
-            blas: BlasWorkspace::new(model.device())?,
-            events: {
-                let ctx = model.device().context();
-                let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-                let ev = || {
-                    ctx.new_event(timed)
-                        .map_err(|e| Error::driver("creating a timing event", e))
-                };
-                (ev()?, ev()?)
-            },
+            context_rows: ManuallyDrop::new(context_rows),
+            context_cu: ManuallyDrop::new(context_cu),
+            totals: ManuallyDrop::new(totals),
+            stats: ManuallyDrop::new(stats),
+            foreign,
+            arena: None,
+            blas,
+            events,
             graphs: Vec::new(),
         })
+    }
+
+    /// Sets every stream's all-heads mask to ones.
+    fn fill_ones(&mut self, stream: &Arc<CudaStream>) -> Result<()> {
+        for w in &mut self.streams {
+            let one_vals = vec![1u8; w.ones.len()];
+            stream
+                .memcpy_htod(&one_vals, &mut w.ones)
+                .map_err(|e| Error::driver("uploading the all-heads mask", e))?;
+        }
+        Ok(())
     }
 
     /// The capacity the workspace was allocated for.

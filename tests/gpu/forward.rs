@@ -819,3 +819,52 @@ fn forward_device_matches_forward() {
         }
     }
 }
+
+/// A workspace carved from the caller's memory (`Workspace::in_memory`):
+/// the same pass as with an allocated workspace, bitwise; too little memory
+/// is refused; dropping the workspace leaves the caller's memory allocated
+/// and usable.
+#[test]
+fn workspace_in_caller_memory() {
+    use smarttrim::device::ForeignSlice;
+    use smarttrim::model::WorkspaceLayout;
+    let Some(dev) = device("workspace_in_caller_memory") else {
+        return;
+    };
+    let cfg = gpu_variant(&preset("tiny-meter").unwrap());
+    let (w, inputs, cap) = setup(&cfg, 8, true, 13);
+    let model = GpuModel::new(&dev, &w).unwrap();
+    let opts = GpuForwardOptions {
+        dense: false,
+        sync: SyncPolicy::UpperBound,
+        graph: true,
+    };
+    let mut own = Workspace::new(&model, cap.clone()).unwrap();
+    let want = model.forward(&mut own, &inputs, &opts).unwrap();
+    let need = WorkspaceLayout::new(&cfg, &cap).unwrap().arena_bytes();
+    let stream = dev.stream().clone();
+    let mem = stream.alloc_zeros::<u8>(need + 4096).unwrap();
+    let base = {
+        use cudarc::driver::DevicePtr;
+        mem.device_ptr(&stream).0
+    };
+    // SAFETY: `mem` holds need + 4096 bytes of this context and outlives
+    // both workspaces below.
+    let small = unsafe { ForeignSlice::<u8>::new(&dev, base, need - 1) };
+    assert!(Workspace::in_memory(&model, cap.clone(), small).is_err());
+    // SAFETY: as above.
+    let region = unsafe { ForeignSlice::<u8>::new(&dev, base, need + 4096) };
+    let mut theirs = Workspace::in_memory(&model, cap, region).unwrap();
+    for round in ["capture", "replay"] {
+        let got = model.forward(&mut theirs, &inputs, &opts).unwrap();
+        assert_same_pass(&format!("caller memory {round}"), &got, &want);
+    }
+    drop(theirs);
+    // The caller's memory is still theirs: write and read it back.
+    let mut mem = mem;
+    stream
+        .memcpy_htod(&vec![7u8; need + 4096], &mut mem)
+        .unwrap();
+    let back: Vec<u8> = stream.clone_dtoh(&mem).unwrap();
+    assert!(back.iter().all(|&b| b == 7));
+}
