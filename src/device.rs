@@ -180,10 +180,12 @@ impl Device {
     }
 
     /// The same context and module cache with work going to `stream` (a
-    /// stream of this device's context, typically the caller's, borrowed).
-    /// Costs no driver call; modules already loaded stay loaded.
+    /// stream of this device's context — the same `CUcontext`, e.g. the
+    /// device's primary context through another `CudaContext` handle —
+    /// typically the caller's, borrowed). Costs no driver call; modules
+    /// already loaded stay loaded.
     pub fn on_stream(&self, stream: Arc<CudaStream>) -> Result<Self> {
-        if !Arc::ptr_eq(stream.context(), &self.ctx) {
+        if **stream.context() != *self.ctx {
             return Err(Error::invalid(
                 "Device::on_stream",
                 "the stream belongs to a different CUDA context",
