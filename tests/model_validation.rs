@@ -313,3 +313,31 @@ fn workspace_embedding_buffers() {
     let s = &lay.streams[0];
     assert_eq!((s.ids, s.pixels, s.patches, s.patch_out), (3 * 31, 0, 0, 0));
 }
+
+/// `validate_inputs` sizes a workspace exactly as `prepare_inputs` does,
+/// without embedding token and pixel streams on the host.
+#[test]
+fn validate_inputs_sizes_like_prepare_inputs() {
+    use smarttrim::model::{prepare_inputs, validate_inputs};
+    for name in ["tiny-meter", "tiny-bert", "tiny-vit", "tiny-blip"] {
+        let cfg = gpu_variant(&preset(name).unwrap());
+        let w = smarttrim::spec::Weights::random(&cfg, 1).unwrap();
+        let emb: Vec<_> = w.streams.iter().map(|s| s.embeddings.clone()).collect();
+        let inputs = smarttrim::reference::synthetic_inputs(&cfg, 4, 2, true);
+        let full = prepare_inputs(&cfg, &emb, &inputs, None).unwrap();
+        let shape = validate_inputs(&cfg, &emb, &inputs, None).unwrap();
+        assert_eq!(
+            Capacity::for_inputs(&full),
+            Capacity::for_inputs(&shape),
+            "{name}"
+        );
+        for (s, (f, v)) in full.streams.iter().zip(&shape.streams).enumerate() {
+            assert_eq!(f.cu_seqlens, v.cu_seqlens, "{name} stream {s}");
+            let embedded = !matches!(
+                cfg.streams[s].embedding,
+                smarttrim::spec::EmbeddingConfig::None
+            );
+            assert_eq!(v.rows.is_empty(), embedded, "{name} stream {s}");
+        }
+    }
+}

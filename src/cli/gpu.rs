@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use smarttrim::device::Device;
 use smarttrim::model::{
-    prepare_inputs, Capacity, GpuForwardOptions, GpuModel, GpuOutputs, SyncPolicy, Workspace,
+    validate_inputs, Capacity, GpuForwardOptions, GpuModel, GpuOutputs, SyncPolicy, Workspace,
 };
 use smarttrim::reference::{Inputs, LayerRecord, Outputs, StreamOutput};
 use smarttrim::spec::{ModelConfig, Weights};
@@ -49,7 +49,7 @@ impl GpuRunner {
             .iter()
             .map(|s| s.embeddings.clone())
             .collect();
-        let prep = prepare_inputs(&weights.config, &embeddings, inputs, None)?;
+        let prep = validate_inputs(&weights.config, &embeddings, inputs, None)?;
         let ws = Workspace::new(&model, Capacity::for_inputs(&prep))?;
         Ok(GpuRunner {
             model,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaStream, CudaView};
 use half::f16;
 
-use super::input::{check_pass_inputs, PreparedInputs};
+use super::input::{validate_inputs, PreparedInputs};
 use super::weights::{DevCross, DevEmbedding, DevHeadPruner, DevLayer, DevLinear, DevLn, GpuModel};
 use super::workspace::{GraphEntry, GraphKey, StreamWs, Workspace, WorkspaceLayout, MAX_GRAPHS};
 use super::{GpuForwardOptions, GpuLayerRecord, GpuOutputs, GpuStreamOutput, SyncPolicy};
@@ -486,7 +486,7 @@ impl GpuModel {
                  counts of threshold-rule pruners)",
             ));
         }
-        let prep = check_pass_inputs(cfg, &self.embeddings, inputs, Some(&ws.capacity))?;
+        let prep = validate_inputs(cfg, &self.embeddings, inputs, Some(&ws.capacity))?;
         let dev = self.dev.on_stream(stream.clone())?;
         let shape = PassShape::of(&prep, inputs);
         upload(&dev, ws, inputs, &prep)?;

@@ -46,8 +46,9 @@ pub fn prepare_inputs(
 
 /// [`prepare_inputs`] without the host embedding: the same validation and
 /// capacity checks, with token and pixel streams' `rows` left empty (the
-/// GPU pass embeds them on the device).
-pub(crate) fn check_pass_inputs(
+/// GPU pass embeds them on the device) — cheap enough to size a
+/// [`Capacity`] with ([`Capacity::for_inputs`]).
+pub fn validate_inputs(
     cfg: &ModelConfig,
     embeddings: &[EmbeddingWeights],
     inputs: &Inputs,

@@ -103,7 +103,7 @@ mod weights;
 mod workspace;
 
 pub use device_io::{DevicePacked, DevicePass, DeviceStreamOutput};
-pub use input::{prepare_inputs, PreparedInputs};
+pub use input::{prepare_inputs, validate_inputs, PreparedInputs};
 pub use weights::{check_supported, gpu_variant, GpuModel};
 pub use workspace::{Capacity, StreamLayout, Workspace, WorkspaceLayout, ARENA_ALIGN, MAX_GRAPHS};
 
