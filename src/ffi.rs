@@ -426,12 +426,7 @@ pub unsafe extern "C" fn smarttrim_model_create(
                 c_path(weights_path, "weights_path")?,
             )
         };
-        let ordinal = usize::try_from(device_ordinal).map_err(|_| {
-            fail(
-                SmarttrimStatus::InvalidArgument,
-                format!("device_ordinal = {device_ordinal}: must be >= 0"),
-            )
-        })?;
+        let ordinal = ordinal_of(device_ordinal)?;
         let cfg = ModelConfig::from_file(&cp)?;
         let weights = Weights::load(&cfg, &wp)?;
         // SAFETY: `out` is non-null and writable (checked above).
@@ -439,8 +434,18 @@ pub unsafe extern "C" fn smarttrim_model_create(
     })
 }
 
-/// Uploads a loaded model to GPU `ordinal`, registers it and writes its
-/// handle to `*out`.
+/// A C device ordinal as an index (negative is `INVALID_ARGUMENT`).
+fn ordinal_of(device_ordinal: c_int) -> Result<usize, Fail> {
+    usize::try_from(device_ordinal).map_err(|_| {
+        fail(
+            SmarttrimStatus::InvalidArgument,
+            format!("device_ordinal = {device_ordinal}: must be >= 0"),
+        )
+    })
+}
+
+/// Checks the model is supported, uploads it to GPU `ordinal`, registers
+/// it and writes its handle to `*out`.
 ///
 /// # Safety
 ///
@@ -504,12 +509,7 @@ pub unsafe extern "C" fn smarttrim_model_create_from_memory(
                 format!("config_json is not UTF-8: {e}"),
             )
         })?;
-        let ordinal = usize::try_from(device_ordinal).map_err(|_| {
-            fail(
-                SmarttrimStatus::InvalidArgument,
-                format!("device_ordinal = {device_ordinal}: must be >= 0"),
-            )
-        })?;
+        let ordinal = ordinal_of(device_ordinal)?;
         let cfg = ModelConfig::from_json(text)?;
         let w = Weights::from_safetensors_bytes(&cfg, wb, "weights in memory")?;
         // SAFETY: `out` is non-null and writable (checked above).
