@@ -9,8 +9,8 @@ use smarttrim::device::Device;
 use smarttrim::model::{
     validate_inputs, Capacity, GpuForwardOptions, GpuModel, GpuOutputs, SyncPolicy, Workspace,
 };
-use smarttrim::reference::{Inputs, LayerRecord, Outputs, StreamOutput};
-use smarttrim::spec::{ModelConfig, Weights};
+use smarttrim::reference::{Inputs, Outputs};
+use smarttrim::spec::Weights;
 
 /// The host synchronisation policy, as a CLI option.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -75,65 +75,15 @@ impl GpuRunner {
         let out = self.model.forward(&mut self.ws, inputs, &opts)?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let syncs = out.syncs;
-        Ok((to_outputs(self.model.config(), out), syncs, ms))
+        Ok((to_outputs(out), syncs, ms))
     }
 }
 
-/// The GPU pass's results as the reference's [`Outputs`]. The one field the
-/// GPU does not log, each layer's `orig_index_in`, follows from the first
-/// layer's positions and the keep flags: a layer's entering rows are
-/// the previous layer's entering rows it kept.
-pub fn to_outputs(cfg: &ModelConfig, gpu: GpuOutputs) -> Outputs {
-    let streams = gpu
-        .streams
-        .into_iter()
-        .zip(&cfg.streams)
-        .map(|(s, _sc)| {
-            let first = s
-                .layers
-                .first()
-                .map(|l| l.rows_in.clone())
-                .unwrap_or_default();
-            let mut orig: Vec<i32> = first.iter().flat_map(|&n| 0..n.max(0)).collect();
-            let layers = s
-                .layers
-                .into_iter()
-                .map(|l| {
-                    let orig_index_in = orig.clone();
-                    if let Some(k) = &l.keep {
-                        orig = orig
-                            .iter()
-                            .zip(k)
-                            .filter(|(_, &keep)| keep)
-                            .map(|(&o, _)| o)
-                            .collect();
-                    }
-                    LayerRecord {
-                        rows_in: l.rows_in,
-                        orig_index_in,
-                        scores: l.scores,
-                        keep: l.keep,
-                        kept: l.kept,
-                        self_heads: l.self_heads,
-                        cross_heads: l.cross_heads,
-                        active_self_heads: l.active_self_heads,
-                        active_cross_heads: l.active_cross_heads,
-                        flops: l.flops,
-                    }
-                })
-                .collect();
-            StreamOutput {
-                name: s.name,
-                packed: s.packed,
-                pooled_first: s.pooled_first,
-                pooled_mean: s.pooled_mean,
-                layers,
-                flops: s.flops,
-            }
-        })
-        .collect();
+/// The GPU pass's results as the reference's [`Outputs`] (the records are
+/// already the reference's types).
+pub fn to_outputs(gpu: GpuOutputs) -> Outputs {
     Outputs {
-        streams,
+        streams: gpu.streams,
         flops: gpu.flops,
     }
 }

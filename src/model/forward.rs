@@ -9,7 +9,7 @@ use half::f16;
 use super::input::{validate_inputs, PreparedInputs};
 use super::weights::{DevCross, DevEmbedding, DevHeadPruner, DevLayer, DevLinear, DevLn, GpuModel};
 use super::workspace::{GraphEntry, GraphKey, StreamWs, Workspace, WorkspaceLayout, MAX_GRAPHS};
-use super::{GpuForwardOptions, GpuLayerRecord, GpuOutputs, GpuStreamOutput, SyncPolicy};
+use super::{GpuForwardOptions, GpuOutputs, SyncPolicy};
 use crate::device::Device;
 use crate::ops::{
     bert_embed, bias_gelu, bias_residual, build_active_heads, compact, cross_attention,
@@ -22,7 +22,7 @@ use crate::ops::{
     VitEmbedOutputs, VitEmbedShape,
 };
 use crate::reference::model::{Inputs, StreamInput};
-use crate::reference::{HeadRecord, Packed};
+use crate::reference::{HeadRecord, LayerRecord, Packed, StreamOutput};
 use crate::spec::flops::{stream_flops, LayerRun};
 use crate::spec::{
     HeadPrunerConfig, KeepRule, LayerConfig, ModelConfig, ModelKind, SequenceFlops, StreamConfig,
@@ -999,6 +999,11 @@ impl GpuModel {
             };
             let counts = self.layer_counts(shape, end, &stats_h, s);
             let mut layers = Vec::with_capacity(nl);
+            // The device does not log each layer's entering positions; they
+            // follow from the first layer's and the keep flags (a layer's
+            // entering rows are the previous layer's that it kept).
+            let mut orig_in: Vec<i32> =
+                shape.lengths[s].iter().flat_map(|&n| 0..n.max(0)).collect();
             for (l, (ran_l, c)) in ran.iter().zip(counts).enumerate() {
                 let [tok, hs_self, hs_cross] = ran_l[s];
                 let n_in: usize = c.rows_in.iter().map(|&x| x.max(0) as usize).sum();
@@ -1009,14 +1014,25 @@ impl GpuModel {
                         mask: mask_log[o..o + bh].to_vec(),
                     }
                 };
-                layers.push(GpuLayerRecord {
+                let keep: Option<Vec<bool>> = tok.then(|| {
+                    keep_log[l * r..l * r + n_in]
+                        .iter()
+                        .map(|&k| k != 0)
+                        .collect()
+                });
+                let orig_index_in = orig_in.clone();
+                if let Some(k) = &keep {
+                    orig_in = orig_in
+                        .iter()
+                        .zip(k)
+                        .filter(|(_, &kept)| kept)
+                        .map(|(&o, _)| o)
+                        .collect();
+                }
+                layers.push(LayerRecord {
+                    orig_index_in,
                     scores: tok.then(|| score_log[l * r..l * r + n_in].to_vec()),
-                    keep: tok.then(|| {
-                        keep_log[l * r..l * r + n_in]
-                            .iter()
-                            .map(|&k| k != 0)
-                            .collect()
-                    }),
+                    keep,
                     kept: c.kept,
                     self_heads: hs_self.then(|| head_rec(0)),
                     cross_heads: hs_cross.then(|| head_rec(1)),
@@ -1026,7 +1042,7 @@ impl GpuModel {
                     flops: Vec::new(),
                 });
             }
-            outs.push(GpuStreamOutput {
+            outs.push(StreamOutput {
                 name: sc.name.clone(),
                 packed: Packed {
                     rows,
@@ -1169,7 +1185,7 @@ impl GpuModel {
     fn account_flops(
         &self,
         shape: &PassShape,
-        outs: &mut [GpuStreamOutput],
+        outs: &mut [StreamOutput],
         dense: bool,
     ) -> Vec<SequenceFlops> {
         let cfg = &self.config;

@@ -107,8 +107,8 @@ pub use input::{prepare_inputs, validate_inputs, PreparedInputs};
 pub use weights::{check_supported, gpu_variant, GpuModel};
 pub use workspace::{Capacity, StreamLayout, Workspace, WorkspaceLayout, ARENA_ALIGN, MAX_GRAPHS};
 
-use crate::reference::{HeadRecord, Packed};
-use crate::spec::{Flops, SequenceFlops};
+use crate::reference::StreamOutput;
+use crate::spec::SequenceFlops;
 
 /// How the host learns the row counts that size the GEMMs (module docs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -135,52 +135,12 @@ pub struct GpuForwardOptions {
     pub graph: bool,
 }
 
-/// What happened at one layer of one stream on the GPU.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GpuLayerRecord {
-    /// Rows entering the layer, per sequence.
-    pub rows_in: Vec<i32>,
-    /// Token scores `s_i` of the entering rows (if a token pruner ran).
-    pub scores: Option<Vec<f32>>,
-    /// Keep decisions of the entering rows (if a token pruner ran).
-    pub keep: Option<Vec<bool>>,
-    /// Rows kept per sequence (= `rows_in` without a pruner).
-    pub kept: Vec<i32>,
-    /// Self-attention head pruner logits and mask (if it ran).
-    pub self_heads: Option<HeadRecord>,
-    /// Cross-attention head pruner logits and mask (if it ran).
-    pub cross_heads: Option<HeadRecord>,
-    /// Active self-attention heads per sequence.
-    pub active_self_heads: Vec<i32>,
-    /// Active cross-attention heads per sequence (0 without cross-attention).
-    pub active_cross_heads: Vec<i32>,
-    /// FLOPs of this layer per sequence (the CPU reference's accounting).
-    pub flops: Vec<Flops>,
-}
-
-/// One stream's results.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GpuStreamOutput {
-    /// The stream's name.
-    pub name: String,
-    /// Final rows (after the final LN if any; f16 on the device, f32 here),
-    /// `cu_seqlens` and `orig_index`.
-    pub packed: Packed,
-    /// First row of every sequence `[batch, D]` (zeros for an empty sequence).
-    pub pooled_first: Vec<f32>,
-    /// Mean of every sequence's final rows `[batch, D]` (f32 accumulation).
-    pub pooled_mean: Vec<f32>,
-    /// One record per layer.
-    pub layers: Vec<GpuLayerRecord>,
-    /// FLOPs per sequence (embedding + layers), pruned and dense.
-    pub flops: Vec<SequenceFlops>,
-}
-
 /// Results of [`GpuModel::forward`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuOutputs {
-    /// One per config stream.
-    pub streams: Vec<GpuStreamOutput>,
+    /// One per config stream, as the CPU reference reports them (each
+    /// layer's `orig_index_in` is rebuilt on the host from the keep flags).
+    pub streams: Vec<StreamOutput>,
     /// Blocking host waits inside this pass, not counting the one that
     /// fetches the results (module docs).
     pub syncs: usize,
@@ -206,21 +166,6 @@ impl GpuOutputs {
     /// heads, active cross heads), each per sequence; the same shape as
     /// [`crate::reference::Outputs::stats`].
     pub fn stats(&self) -> Vec<Vec<crate::reference::model::LayerStats>> {
-        let nl = self.streams.first().map_or(0, |s| s.layers.len());
-        (0..nl)
-            .map(|l| {
-                self.streams
-                    .iter()
-                    .filter_map(|s| s.layers.get(l))
-                    .map(|r| {
-                        (
-                            r.kept.clone(),
-                            r.active_self_heads.clone(),
-                            r.active_cross_heads.clone(),
-                        )
-                    })
-                    .collect()
-            })
-            .collect()
+        crate::reference::model::layer_stats(&self.streams)
     }
 }

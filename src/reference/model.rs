@@ -137,23 +137,29 @@ impl Outputs {
     /// Per-layer statistics: `[layer][stream]` -> (kept rows, active self
     /// heads, active cross heads), each per sequence.
     pub fn stats(&self) -> Vec<Vec<LayerStats>> {
-        let nl = self.streams.first().map_or(0, |s| s.layers.len());
-        (0..nl)
-            .map(|l| {
-                self.streams
-                    .iter()
-                    .filter_map(|s| s.layers.get(l))
-                    .map(|r| {
-                        (
-                            r.kept.clone(),
-                            r.active_self_heads.clone(),
-                            r.active_cross_heads.clone(),
-                        )
-                    })
-                    .collect()
-            })
-            .collect()
+        layer_stats(&self.streams)
     }
+}
+
+/// Per-layer statistics of streams' records: `[layer][stream]` -> (kept
+/// rows, active self heads, active cross heads), each per sequence.
+pub fn layer_stats(streams: &[StreamOutput]) -> Vec<Vec<LayerStats>> {
+    let nl = streams.first().map_or(0, |s| s.layers.len());
+    (0..nl)
+        .map(|l| {
+            streams
+                .iter()
+                .filter_map(|s| s.layers.get(l))
+                .map(|r| {
+                    (
+                        r.kept.clone(),
+                        r.active_self_heads.clone(),
+                        r.active_cross_heads.clone(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn check_cu(cu: &[i32], total: usize, what: &str, errs: &mut Vec<String>) {
