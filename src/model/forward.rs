@@ -297,6 +297,28 @@ fn other_of<'a>(
     }
 }
 
+/// What a token or head pruner scores: a stream's current rows, seeing the
+/// other stream (or the context) as it stands.
+fn pruner_input<'a>(
+    x: &'a CudaSlice<f16>,
+    total_rows: usize,
+    batch: usize,
+    cu_seqlens: &'a CudaView<'a, i32>,
+    other: Option<&'a OtherRef<'a>>,
+) -> PrunerInput<'a> {
+    PrunerInput {
+        batch,
+        total_rows,
+        x,
+        cu_seqlens,
+        other: other.map(|o| OtherStream {
+            rows: o.rows,
+            cu_seqlens: &o.cu,
+            total_rows: o.n,
+        }),
+    }
+}
+
 /// `(current, other)` of a ping-pong pair.
 fn pair<T>(a: &mut [T; 2], cur: usize) -> (&T, &mut T) {
     let [p, q] = a;
@@ -680,17 +702,7 @@ impl GpuModel {
                 let c = cur[s];
                 let r = w.x[0].len() / sc.hidden;
                 let cu_v = w.cu[c.c].slice(0..batch + 1);
-                let input = PrunerInput {
-                    batch,
-                    total_rows: c.rows,
-                    x: &w.x[c.x],
-                    cu_seqlens: &cu_v,
-                    other: other.as_ref().map(|o| OtherStream {
-                        rows: o.rows,
-                        cu_seqlens: &o.cu,
-                        total_rows: o.n,
-                    }),
-                };
+                let input = pruner_input(&w.x[c.x], c.rows, batch, &cu_v, other.as_ref());
                 let weights = TokenPrunerDev {
                     ln_p: ln_dev(&tp.ln_p),
                     ln_c: tp.ln_c.as_ref().map(ln_dev),
@@ -1444,17 +1456,7 @@ fn run_head_pruner(
 ) -> Result<()> {
     let bh = batch * sc.heads;
     let cu_v = w.cu[c.c].slice(0..batch + 1);
-    let input = PrunerInput {
-        batch,
-        total_rows: c.rows,
-        x: &w.x[c.x],
-        cu_seqlens: &cu_v,
-        other: other.map(|o| OtherStream {
-            rows: o.rows,
-            cu_seqlens: &o.cu,
-            total_rows: o.n,
-        }),
-    };
+    let input = pruner_input(&w.x[c.x], c.rows, batch, &cu_v, other);
     let weights = HeadPrunerDev {
         ln_h: ln_dev(&hw.ln_h),
         ln_hc: hw.ln_hc.as_ref().map(ln_dev),
