@@ -65,42 +65,6 @@ constexpr int BLOCK_N = 64;   // keys per K/V tile
 constexpr int WARPS = 4;
 constexpr int THREADS = WARPS * 32;
 
-ST_DEVICE uint32_t smem_u32(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte async global->shared copy; src_bytes = 0 zero-fills the 16 bytes
-// (rows past a sequence's end) without reading global memory.
-ST_DEVICE void cp_async16(void* dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)),
-                 "l"(src), "r"(src_bytes));
-}
-ST_DEVICE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-ST_DEVICE void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-ST_DEVICE void ldmatrix_x4(uint32_t r[4], const void* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(p)));
-}
-ST_DEVICE void ldmatrix_x4_trans(uint32_t r[4], const void* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(p)));
-}
-
-// D = A * B + D, m16n8k16, f16 operands, f32 accumulators.
-ST_DEVICE void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 ST_DEVICE uint32_t pack_half2(float lo, float hi) {
     __half2 h = __floats2half2_rn(lo, hi);  // .x (low 16 bits) = lo
     return *reinterpret_cast<uint32_t*>(&h);

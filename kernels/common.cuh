@@ -5,6 +5,10 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+// The inline-PTX helpers (cp.async, ldmatrix, mma.sync), as <ptx.cuh> so the
+// CPU emulator can substitute its own (see the header).
+#include <ptx.cuh>
+
 #define ST_DEVICE static __device__ __forceinline__
 
 // 16-byte vector of eight f16 values: the unit of every global load/store on

@@ -114,15 +114,6 @@ static __device__ __forceinline__ uint32_t lds32(const __half* p) {
     return *reinterpret_cast<const uint32_t*>(p);
 }
 
-static __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0,
-                                                 uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Largest b in [0, batch) with cu[b] <= r: the sequence owning packed row r
 // (empty sequences share their start with the next one and are skipped).
 static __device__ __forceinline__ int seq_of_row(const int* __restrict__ cu, int batch, int r) {
@@ -236,7 +227,7 @@ extern "C" __global__ void __launch_bounds__(SR_THREADS)
                     const int br = nt * 8 + g;
                     const uint32_t b0 = lds32(&Bs[swz(br, ks + 2 * t)]);
                     const uint32_t b1 = lds32(&Bs[swz(br, ks + 8 + 2 * t)]);
-                    mma_16816(acc[nt], a, b0, b1);
+                    mma16816(acc[nt], a, b0, b1);
                 }
             }
             __syncthreads();
