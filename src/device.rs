@@ -51,6 +51,11 @@ pub fn driver_version() -> Result<(i32, i32)> {
     Ok((v / 1000, (v % 1000) / 10))
 }
 
+/// The name the CPU-emulated CUDA device reports (`emu/`, test equipment
+/// that runs the kernels on the CPU; it checks correctness and never gives
+/// timings).
+pub const EMULATED_DEVICE_NAME: &str = "smarttrim emulated device (CPU)";
+
 /// What a device is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -68,6 +73,9 @@ pub struct DeviceInfo {
     pub driver_version: (i32, i32),
     /// The embedded PTX target this device runs.
     pub ptx_target: Option<&'static str>,
+    /// Whether this is the CPU-emulated device ([`EMULATED_DEVICE_NAME`]):
+    /// results are checked there, times mean nothing.
+    pub emulated: bool,
 }
 
 impl std::fmt::Display for DeviceInfo {
@@ -84,7 +92,11 @@ impl std::fmt::Display for DeviceInfo {
             self.driver_version.0,
             self.driver_version.1,
             self.ptx_target.unwrap_or("none"),
-        )
+        )?;
+        if self.emulated {
+            write!(f, " [emulated on the CPU: correctness only, no timings]")?;
+        }
+        Ok(())
     }
 }
 
@@ -105,6 +117,7 @@ pub struct Device {
     stream: Arc<CudaStream>,
     ownership: StreamOwnership,
     cc: (i32, i32),
+    emulated: bool,
     cache: Arc<ModuleCache>,
 }
 
@@ -121,6 +134,7 @@ impl std::fmt::Debug for Device {
         f.debug_struct("Device")
             .field("ordinal", &self.ctx.ordinal())
             .field("compute_capability", &self.cc)
+            .field("emulated", &self.emulated)
             .field("stream", &self.ownership)
             .finish()
     }
@@ -170,11 +184,16 @@ impl Device {
         let cc = ctx
             .compute_capability()
             .map_err(|e| Error::driver("querying the compute capability", e))?;
+        let emulated = ctx
+            .name()
+            .map_err(|e| Error::driver("cuDeviceGetName", e))?
+            == EMULATED_DEVICE_NAME;
         Ok(Device {
             ctx,
             stream,
             ownership,
             cc,
+            emulated,
             cache: Arc::new(ModuleCache::default()),
         })
     }
@@ -196,6 +215,7 @@ impl Device {
             stream,
             ownership: StreamOwnership::Borrowed,
             cc: self.cc,
+            emulated: self.emulated,
             cache: self.cache.clone(),
         })
     }
@@ -250,6 +270,29 @@ impl Device {
         self.cc
     }
 
+    /// Whether this is the CPU-emulated device (`emu/`): it runs every
+    /// kernel and checks launches, barriers and memory, but its times mean
+    /// nothing, so benchmarks refuse to run on it.
+    pub fn is_emulated(&self) -> bool {
+        self.emulated
+    }
+
+    /// An error for timing work asked of the emulated device (`what` names
+    /// it), or `Ok` on a real GPU.
+    pub fn refuse_timing(&self, what: &str) -> Result<()> {
+        if self.emulated {
+            Err(Error::Unsupported {
+                op: "timing",
+                message: format!(
+                    "{what}: the device is the CPU emulator ({EMULATED_DEVICE_NAME}), which \
+                     checks correctness but gives no meaningful times; run it on a real GPU"
+                ),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
     /// Name, compute capability, memory and driver version.
     pub fn info(&self) -> Result<DeviceInfo> {
         let name = self
@@ -276,6 +319,7 @@ impl Device {
             free_memory,
             driver_version: driver_version()?,
             ptx_target,
+            emulated: self.emulated,
         })
     }
 
@@ -329,13 +373,18 @@ impl Device {
         Ok(f)
     }
 
-    /// Checks for an asynchronous launch error. In debug builds it also
-    /// synchronizes the stream (unless the stream is being captured into a
-    /// CUDA graph, where a wait is illegal), so a faulting kernel is reported
-    /// at its launch (`what`) rather than at some later call; release builds
-    /// only poll the context's sticky error state, which costs no wait.
+    /// Checks for a launch error cudarc recorded, without waiting.
+    ///
+    /// A kernel that faults while it runs is reported by the next call that
+    /// waits on its stream (a pass's result fetch, a synchronize), as on any
+    /// CUDA stream. To attribute a fault to the launch that caused it while
+    /// debugging, set `SMARTTRIM_SYNC_EACH_LAUNCH=1`: every launch is then
+    /// followed by a stream synchronize (except while the stream is being
+    /// captured into a CUDA graph, where a wait is illegal). That is a
+    /// debugging aid only: it adds a host wait per launch, which no pass
+    /// otherwise has.
     pub fn check_launch(&self, what: &str) -> Result<()> {
-        if cfg!(debug_assertions) && !self.is_capturing()? {
+        if sync_each_launch() && !self.is_capturing()? {
             self.stream
                 .synchronize()
                 .map_err(|e| Error::driver(format!("after launching {what}"), e))?;
@@ -344,6 +393,15 @@ impl Device {
             .check_err()
             .map_err(|e| Error::driver(format!("after launching {what}"), e))
     }
+}
+
+/// Whether `SMARTTRIM_SYNC_EACH_LAUNCH=1` asks for a synchronize after every
+/// launch ([`Device::check_launch`]). Read once.
+fn sync_each_launch() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("SMARTTRIM_SYNC_EACH_LAUNCH").is_ok_and(|v| v == "1" || v == "true")
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -60,10 +60,11 @@
 //! (before its last launch is enqueued): under `ReadCounts` one per layer
 //! at which a threshold-rule token pruner ran, otherwise zero. Every pass
 //! then waits once more, at the end, to copy its results to the host; that
-//! wait is the result fetch and is not counted. Debug builds additionally
-//! synchronise after every launch inside
-//! [`crate::device::Device::check_launch`] (except while capturing); those
-//! are a debugging aid, not part of the pass, and not counted.
+//! wait is the result fetch and is not counted. With
+//! `SMARTTRIM_SYNC_EACH_LAUNCH=1` every launch is followed by a synchronize
+//! ([`crate::device::Device::check_launch`], except while capturing), a
+//! debugging aid that attributes a kernel fault to its launch; those waits
+//! are not part of the pass and not counted.
 //!
 //! With [`GpuForwardOptions::graph`], a pass without inner waits
 //! ([`GpuModel::graph_capturable`]: dense, `UpperBound`, or budget-rule
