@@ -16,7 +16,13 @@ pub fn device(group: &str) -> Option<Device> {
         return None;
     }
     match Device::open(0) {
-        Ok(d) => Some(d),
+        Ok(d) => match d.refuse_timing(&format!("bench group {group}")) {
+            Ok(()) => Some(d),
+            Err(e) => {
+                println!("skipped bench group {group}: {e}");
+                None
+            }
+        },
         Err(e) => {
             println!("skipped bench group {group}: no GPU: {e}");
             None

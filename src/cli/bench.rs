@@ -509,6 +509,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 anyhow!("--device cuda: {e}; `--device cpu` runs the CPU reference instead")
             })?;
             smarttrim::kernels::ensure_built().map_err(|e| anyhow!("--device cuda: {e}"))?;
+            dev.refuse_timing("smarttrim bench --device cuda")
+                .map_err(|e| anyhow!("{e}"))?;
             let name = dev
                 .info()
                 .map(|i| i.name)

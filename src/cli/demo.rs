@@ -97,9 +97,12 @@ struct Report {
     dense_flops: u64,
     model_flops_ratio: f64,
     executed_flops_ratio: f64,
-    pruned_ms: f64,
-    dense_ms: f64,
-    speedup: f64,
+    /// Wall times; null on the CPU-emulated device, whose times mean nothing.
+    pruned_ms: Option<f64>,
+    dense_ms: Option<f64>,
+    speedup: Option<f64>,
+    /// Whether the pass ran on the CPU-emulated device.
+    emulated: bool,
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
@@ -135,8 +138,16 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             DeviceChoice::Auto => GpuRunner::new(&weights, &inputs).map_err(|e| format!("{e:#}")),
         };
     let device_note = match &gpu {
+        Ok(g) if g.emulated => format!(
+            "{} (f16 weights and activations; emulated on the CPU: times are not reported)",
+            g.device_name
+        ),
         Ok(g) => format!("{} (f16 weights and activations)", g.device_name),
         Err(why) => format!("CPU reference (f32) — {why}"),
+    };
+    let (device, emulated) = match &gpu {
+        Ok(g) => ("cuda", g.emulated),
+        Err(_) => ("cpu-reference", false),
     };
 
     if !args.json {
@@ -175,15 +186,13 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         }
     };
 
+    let device = Device {
+        name: device.into(),
+        note: device_note,
+        emulated,
+    };
     let report = build_report(
-        &config,
-        &pruned,
-        &dense,
-        model_name,
-        args,
-        device_note,
-        pruned_ms,
-        dense_ms,
+        &config, &pruned, &dense, model_name, args, device, pruned_ms, dense_ms,
     );
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?)?;
@@ -220,6 +229,13 @@ fn draw_pictures(args: &DemoArgs, config: &ModelConfig, pruned: &Outputs) -> any
     Ok(())
 }
 
+/// Where the demo ran, for the report.
+struct Device {
+    name: String,
+    note: String,
+    emulated: bool,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn build_report(
     config: &ModelConfig,
@@ -227,7 +243,7 @@ fn build_report(
     dense: &Outputs,
     model: String,
     args: &DemoArgs,
-    device_note: String,
+    device: Device,
     pruned_ms: f64,
     dense_ms: f64,
 ) -> Report {
@@ -283,17 +299,18 @@ fn build_report(
         model,
         batch: args.batch,
         seed: args.seed,
-        device: "cpu-reference".into(),
-        device_note,
+        device: device.name,
+        device_note: device.note,
         layers,
         model_flops,
         executed_flops,
         dense_flops,
         model_flops_ratio: model_flops as f64 / dense_flops.max(1) as f64,
         executed_flops_ratio: executed_flops as f64 / dense_flops.max(1) as f64,
-        pruned_ms,
-        dense_ms,
-        speedup: dense_ms / pruned_ms.max(1e-9),
+        pruned_ms: (!device.emulated).then_some(pruned_ms),
+        dense_ms: (!device.emulated).then_some(dense_ms),
+        speedup: (!device.emulated).then(|| dense_ms / pruned_ms.max(1e-9)),
+        emulated: device.emulated,
     }
 }
 
@@ -356,12 +373,18 @@ fn print_table(r: &Report) -> std::io::Result<()> {
         r.executed_flops as f64 / 1e9,
         100.0 * r.executed_flops_ratio
     )?;
-    outln!(
-        "time ({}): pruned {:.1} ms, dense {:.1} ms, speedup {:.2}x",
-        r.device,
-        r.pruned_ms,
-        r.dense_ms,
-        r.speedup
-    )?;
+    match (r.pruned_ms, r.dense_ms, r.speedup) {
+        (Some(p), Some(d), Some(s)) => outln!(
+            "time ({}): pruned {:.1} ms, dense {:.1} ms, speedup {:.2}x",
+            r.device,
+            p,
+            d,
+            s
+        )?,
+        _ => outln!(
+            "time ({}): not reported — the device is the CPU emulator, whose times mean nothing",
+            r.device
+        )?,
+    }
     Ok(())
 }

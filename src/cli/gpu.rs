@@ -36,6 +36,8 @@ pub struct GpuRunner {
     ws: Workspace,
     /// The device's name, for reports.
     pub device_name: String,
+    /// Whether the device is the CPU emulator (its times mean nothing).
+    pub emulated: bool,
 }
 
 impl GpuRunner {
@@ -43,6 +45,7 @@ impl GpuRunner {
     pub fn new(weights: &Weights, inputs: &Inputs) -> anyhow::Result<Self> {
         let dev = Device::open(0)?;
         let device_name = dev.info().map(|i| i.name).unwrap_or_else(|_| "GPU".into());
+        let emulated = dev.is_emulated();
         let model = GpuModel::new(&dev, weights).context("uploading the model to the GPU")?;
         let embeddings: Vec<_> = weights
             .streams
@@ -55,6 +58,7 @@ impl GpuRunner {
             model,
             ws,
             device_name,
+            emulated,
         })
     }
 
