@@ -15,20 +15,33 @@ pub fn gpu_required() -> bool {
     std::env::var("SMARTTRIM_REQUIRE_GPU").is_ok_and(|v| v == "1" || v == "true")
 }
 
-/// Why no GPU is usable, or None when one is. Computed once per process.
-fn unavailable() -> Option<String> {
-    static WHY: OnceLock<Option<String>> = OnceLock::new();
-    WHY.get_or_init(|| {
+/// Why no GPU is usable (or None when one is), and whether it is the
+/// emulated device. Computed once per process.
+fn probe() -> &'static (Option<String>, bool) {
+    static PROBE: OnceLock<(Option<String>, bool)> = OnceLock::new();
+    PROBE.get_or_init(|| {
         if let Err(e) = smarttrim::kernels::ensure_built() {
-            return Some(e.to_string());
+            return (Some(e.to_string()), false);
         }
         match Device::open(0) {
-            Ok(_) => None,
-            Err(e @ (Error::NoDriver | Error::NoDevice(_))) => Some(e.to_string()),
-            Err(e) => Some(format!("opening device 0 failed: {e}")),
+            Ok(d) => (None, d.is_emulated()),
+            Err(e @ (Error::NoDriver | Error::NoDevice(_))) => (Some(e.to_string()), false),
+            Err(e) => (Some(format!("opening device 0 failed: {e}")), false),
         }
     })
-    .clone()
+}
+
+fn unavailable() -> Option<String> {
+    probe().0.clone()
+}
+
+/// Whether shapes are sized for the CPU-emulated device (`emu/`): true on
+/// the emulator unless `SMARTTRIM_EMU_FULL=1` asks for the GPU's sizes there
+/// too. Tests keep their METER-sized cases for a real GPU and run smaller
+/// ones (fewer layers, fewer repeats, no 32 x 577 batch) on the emulator,
+/// where every thread is a fiber on a 2-core CI machine.
+pub fn cpu_sized() -> bool {
+    probe().1 && !std::env::var("SMARTTRIM_EMU_FULL").is_ok_and(|v| v == "1" || v == "true")
 }
 
 /// Opens device 0 for a test, or returns None after printing why the test is
@@ -118,17 +131,19 @@ pub fn cu_of(lens: &[usize]) -> Vec<i32> {
     cu
 }
 
-/// The length sets every packed-sequence test runs: single odd lengths, a
-/// mix, and a METER-like batch of 32 x 577.
+/// The length sets every packed-sequence test runs: single odd lengths
+/// (the testing rules' 1, 2, 31, 40, 325, 577, 901, 1024, 1025, 1297), two
+/// mixes with an empty sequence, and a METER-like batch of 32 x 577 (on a
+/// real GPU only: see [`cpu_sized`]).
 pub fn length_sets() -> Vec<Vec<usize>> {
-    vec![
-        vec![1],
-        vec![2],
-        vec![31],
-        vec![40],
-        vec![577],
-        vec![1024],
-        vec![1, 2, 31, 40, 577, 1024, 1025, 3],
-        vec![577; 32],
-    ]
+    let mut sets: Vec<Vec<usize>> = [1, 2, 31, 40, 325, 577, 901, 1024, 1025, 1297]
+        .iter()
+        .map(|&n| vec![n])
+        .collect();
+    sets.push(vec![1, 2, 31, 40, 577, 1024, 1025, 3]);
+    sets.push(vec![325, 0, 901, 1297]);
+    if !cpu_sized() {
+        sets.push(vec![577; 32]);
+    }
+    sets
 }

@@ -10,6 +10,8 @@ mod common;
 mod compact;
 mod elementwise;
 mod embed;
+mod emu;
+mod emulator;
 mod forward;
 mod gemm;
 mod layernorm;
