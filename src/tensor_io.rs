@@ -59,20 +59,25 @@ pub fn inputs_from_bytes(config: &ModelConfig, bytes: &[u8], context: &str) -> R
         t
     };
     let mut streams = Vec::new();
-    for s in &config.streams {
+    for s in config
+        .input_streams()
+        .into_iter()
+        .filter_map(|i| config.streams.get(i))
+    {
         let n = &s.name;
         let input = match &s.embedding {
-            EmbeddingConfig::None => {
+            EmbeddingConfig::None | EmbeddingConfig::Transform { .. } => {
+                let width = s.embedding.input_width(s.hidden).unwrap_or(s.hidden);
                 let rows = get(&format!("{n}.rows"));
                 let cu = get(&format!("{n}.cu_seqlens"));
                 match (rows, cu) {
                     (Some(rows), Some(cu)) => {
                         let rows = floats(&format!("{n}.rows"), &rows, Some(2), &mut errs);
                         if let Some((shape, _)) = &rows {
-                            if shape[1] != s.hidden {
+                            if shape[1] != width {
                                 errs.push(format!(
-                                    "`{n}.rows` has {} columns, the stream's hidden size is {}",
-                                    shape[1], s.hidden
+                                    "`{n}.rows` has {} columns, the stream takes rows {width} wide",
+                                    shape[1]
                                 ));
                             }
                         }
@@ -87,7 +92,7 @@ pub fn inputs_from_bytes(config: &ModelConfig, bytes: &[u8], context: &str) -> R
                     }
                     (rows, cu) => {
                         if rows.is_none() {
-                            errs.push(format!("missing tensor `{n}.rows` ([total, {}])", s.hidden));
+                            errs.push(format!("missing tensor `{n}.rows` ([total, {width}])"));
                         }
                         if cu.is_none() {
                             errs.push(format!("missing tensor `{n}.cu_seqlens` ([batch + 1] i32)"));

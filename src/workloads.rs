@@ -179,8 +179,10 @@ impl Workload {
             .iter()
             .zip(self.rows)
             .map(|(s, &n)| match s.embedding {
-                EmbeddingConfig::None => StreamInput::Packed {
-                    rows: (0..batch * n * s.hidden).map(|_| rng.normal()).collect(),
+                EmbeddingConfig::None | EmbeddingConfig::Transform { .. } => StreamInput::Packed {
+                    rows: (0..batch * n * s.embedding.input_width(s.hidden).unwrap_or(s.hidden))
+                        .map(|_| rng.normal())
+                        .collect(),
                     cu_seqlens: cu(n),
                 },
                 EmbeddingConfig::Vit {

@@ -892,7 +892,7 @@ fn stream_flops_from_statistics_equals_the_reference() {
             for (s, so) in out.streams.iter().enumerate() {
                 let sc = &c.streams[s];
                 let other_initial: Option<Vec<i32>> = match c.kind {
-                    ModelKind::Encoder => None,
+                    ModelKind::Encoder | ModelKind::Blip | ModelKind::Meter => None,
                     ModelKind::CoAttention => Some(out.streams[1 - s].layers[0].rows_in.clone()),
                     ModelKind::CrossEncoder { .. } => context.clone(),
                 };
@@ -922,7 +922,7 @@ fn stream_flops_from_statistics_equals_the_reference() {
                             active_self_heads: &r.active_self_heads,
                             active_cross_heads: &r.active_cross_heads,
                             other_rows: match c.kind {
-                                ModelKind::Encoder => None,
+                                ModelKind::Encoder | ModelKind::Blip | ModelKind::Meter => None,
                                 ModelKind::CoAttention => {
                                     Some(&out.streams[1 - s].layers[l].kept[..])
                                 }

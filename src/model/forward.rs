@@ -276,7 +276,8 @@ fn other_of<'a>(
     ctx: Option<ContextRef<'a>>,
 ) -> Option<OtherRef<'a>> {
     match cfg.kind {
-        ModelKind::Encoder => None,
+        // Whole models run as stages of the basic kinds.
+        ModelKind::Encoder | ModelKind::Blip | ModelKind::Meter => None,
         ModelKind::CoAttention => o.map(|o| {
             let c = cur[1 - s];
             OtherRef {
@@ -1064,6 +1065,7 @@ impl GpuModel {
                 },
                 pooled_first: pf.iter().map(|v| v.to_f32()).collect(),
                 pooled_mean: pm,
+                pooler: None,
                 layers,
                 flops: Vec::new(),
             });
@@ -1081,6 +1083,7 @@ impl GpuModel {
             policy: opts.sync,
             graph: opts.graph,
             flops,
+            logits: None,
         })
     }
 
@@ -1207,7 +1210,7 @@ impl GpuModel {
         for (s, so) in outs.iter().enumerate() {
             let sc = &cfg.streams[s];
             let other_initial = match cfg.kind {
-                ModelKind::Encoder => None,
+                ModelKind::Encoder | ModelKind::Blip | ModelKind::Meter => None,
                 ModelKind::CoAttention => Some(shape.lengths[1 - s].clone()),
                 ModelKind::CrossEncoder { .. } => context.clone(),
             };
@@ -1238,7 +1241,7 @@ impl GpuModel {
                         active_self_heads: &r.active_self_heads,
                         active_cross_heads: &r.active_cross_heads,
                         other_rows: match cfg.kind {
-                            ModelKind::Encoder => None,
+                            ModelKind::Encoder | ModelKind::Blip | ModelKind::Meter => None,
                             ModelKind::CoAttention => Some(&outs[1 - s].layers[l].kept[..]),
                             ModelKind::CrossEncoder { .. } => context.as_deref(),
                         },

@@ -159,6 +159,9 @@ pub struct GpuOutputs {
     /// accounting: "executed" assumes exact-size launches, which
     /// [`SyncPolicy::UpperBound`] exceeds after threshold pruning).
     pub flops: Vec<SequenceFlops>,
+    /// The task head's logits `[batch, outputs]` (f32 on the host), if the
+    /// model has a head.
+    pub logits: Option<Vec<f32>>,
 }
 
 impl GpuOutputs {

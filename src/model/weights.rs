@@ -29,6 +29,22 @@ fn unsupported(message: String) -> Error {
 pub fn check_supported(cfg: &ModelConfig) -> Result<()> {
     cfg.validate()?;
     let mut errs = Vec::new();
+    if cfg.is_composite() || cfg.head.is_some() {
+        errs.push("whole models (BLIP, METER) and task heads are not yet supported on the GPU".into());
+    }
+    for sc in &cfg.streams {
+        if sc.activation != crate::spec::Activation::Gelu || sc.pooler {
+            errs.push(format!("stream `{}`: quick_gelu and poolers are not yet supported on the GPU", sc.name));
+        }
+        if let EmbeddingConfig::Vit { patch_bias, ln, .. } = sc.embedding {
+            if !patch_bias || ln {
+                errs.push(format!("stream `{}`: CLIP-style ViT embeddings are not yet supported on the GPU", sc.name));
+            }
+        }
+        if let EmbeddingConfig::Bert { type_vocab_size: 0, .. } = sc.embedding {
+            errs.push(format!("stream `{}`: BERT embeddings without token types are not yet supported on the GPU", sc.name));
+        }
+    }
     if let ModelKind::CrossEncoder { context_hidden } = cfg.kind {
         if context_hidden % 8 != 0 {
             errs.push(format!(
@@ -55,6 +71,10 @@ pub fn check_supported(cfg: &ModelConfig) -> Result<()> {
         // that is a multiple of 8), checked on a one-sequence shape.
         let embed_check = match sc.embedding {
             EmbeddingConfig::None => Ok(()),
+            EmbeddingConfig::Transform { .. } => Err(Error::Unsupported {
+                op: OP,
+                message: "input transforms are not yet supported on the GPU".into(),
+            }),
             EmbeddingConfig::Bert { .. } => {
                 crate::ops::BertEmbedShape::from_stream(sc, 1, 1).map(|_| ())
             }
@@ -246,11 +266,13 @@ impl Uploader<'_> {
                 patch,
                 cls,
                 position,
+                ln: _,
             } => DevEmbedding::Vit {
                 patch: self.linear(patch)?,
                 cls: self.vec(cls)?,
                 position: self.vec(position)?,
             },
+            EmbeddingWeights::Transform { .. } => DevEmbedding::None,
             EmbeddingWeights::Bert {
                 word,
                 position,

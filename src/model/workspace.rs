@@ -288,7 +288,7 @@ impl WorkspaceLayout {
                 });
             }
             let (d_other, other_rows) = match cfg.kind {
-                ModelKind::Encoder => (0, 0),
+                ModelKind::Encoder | ModelKind::Blip | ModelKind::Meter => (0, 0),
                 ModelKind::CoAttention => (cfg.streams[1 - s].hidden, rows[1 - s]),
                 ModelKind::CrossEncoder { context_hidden } => (context_hidden, context_rows),
             };
@@ -303,12 +303,13 @@ impl WorkspaceLayout {
                 .max()
                 .unwrap_or(0);
             let (ids, pixels, patches, patch_out) = match sc.embedding {
-                EmbeddingConfig::None => (0, 0, 0, 0),
+                EmbeddingConfig::None | EmbeddingConfig::Transform { .. } => (0, 0, 0, 0),
                 EmbeddingConfig::Bert { .. } => (rows[s], 0, 0, 0),
                 EmbeddingConfig::Vit {
                     image_size,
                     patch_size,
                     channels,
+                    ..
                 } => {
                     let np = (image_size / patch_size).pow(2);
                     let px = b.checked_mul(channels * image_size * image_size);

@@ -490,6 +490,7 @@ impl VitEmbedShape {
                 image_size,
                 patch_size,
                 channels,
+                ..
             } => Ok(VitEmbedShape {
                 batch,
                 channels,
