@@ -157,7 +157,10 @@ def convert(sd, image_size=None, head="auto", text_heads=None, vision_heads=None
     grid_before = int(round(math.sqrt(pos.shape[0] - 1)))
     if image_size is None:
         image_size = grid_before * patch
-    pos = adapt_position_encoding(pos.float(), patch, image_size).to(pos.dtype)
+    if grid_before * patch != image_size:
+        # Resized in f32 and kept in f32 (rounding the interpolated table back
+        # to a 16-bit checkpoint dtype would lose what the resize computed).
+        pos = adapt_position_encoding(pos.float(), patch, image_size)
     put("image_encoder.embeddings.position", pos)
     for k in ("weight", "bias"):
         put(f"image_encoder.embeddings.ln.{k}", take(v + f"ln_pre.{k}"))

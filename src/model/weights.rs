@@ -30,19 +30,33 @@ pub fn check_supported(cfg: &ModelConfig) -> Result<()> {
     cfg.validate()?;
     let mut errs = Vec::new();
     if cfg.is_composite() || cfg.head.is_some() {
-        errs.push("whole models (BLIP, METER) and task heads are not yet supported on the GPU".into());
+        errs.push(
+            "whole models (BLIP, METER) and task heads are not yet supported on the GPU".into(),
+        );
     }
     for sc in &cfg.streams {
         if sc.activation != crate::spec::Activation::Gelu || sc.pooler {
-            errs.push(format!("stream `{}`: quick_gelu and poolers are not yet supported on the GPU", sc.name));
+            errs.push(format!(
+                "stream `{}`: quick_gelu and poolers are not yet supported on the GPU",
+                sc.name
+            ));
         }
         if let EmbeddingConfig::Vit { patch_bias, ln, .. } = sc.embedding {
             if !patch_bias || ln {
-                errs.push(format!("stream `{}`: CLIP-style ViT embeddings are not yet supported on the GPU", sc.name));
+                errs.push(format!(
+                    "stream `{}`: CLIP-style ViT embeddings are not yet supported on the GPU",
+                    sc.name
+                ));
             }
         }
-        if let EmbeddingConfig::Bert { type_vocab_size: 0, .. } = sc.embedding {
-            errs.push(format!("stream `{}`: BERT embeddings without token types are not yet supported on the GPU", sc.name));
+        if let EmbeddingConfig::Bert {
+            type_vocab_size: 0, ..
+        } = sc.embedding
+        {
+            errs.push(format!(
+                "stream `{}`: BERT embeddings without token types are not yet supported on the GPU",
+                sc.name
+            ));
         }
     }
     if let ModelKind::CrossEncoder { context_hidden } = cfg.kind {

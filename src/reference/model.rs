@@ -620,8 +620,7 @@ fn embed_inputs_impl(
     let mut errs = Vec::new();
     let mut xs: Vec<Packed> = Vec::new();
     for (&si, inp) in input_streams.iter().zip(&inputs.streams) {
-        if let Some(p) = embed_or_check(&cfg.streams[si], embeddings[si], inp, &mut errs, compute)
-        {
+        if let Some(p) = embed_or_check(&cfg.streams[si], embeddings[si], inp, &mut errs, compute) {
             xs.push(p);
         }
     }
@@ -756,7 +755,11 @@ fn run(
                     stage
                         .streams
                         .iter()
-                        .map(|&s| entering[s].take().unwrap_or_else(|| Packed::new(Vec::new(), 1, vec![0])))
+                        .map(|&s| {
+                            entering[s]
+                                .take()
+                                .unwrap_or_else(|| Packed::new(Vec::new(), 1, vec![0]))
+                        })
                         .collect(),
                     context.clone(),
                     context.as_ref().map(|c| c.lengths()),
@@ -767,7 +770,11 @@ fn run(
                         stage
                             .streams
                             .iter()
-                            .map(|&s| entering[s].take().unwrap_or_else(|| Packed::new(Vec::new(), 1, vec![0])))
+                            .map(|&s| {
+                                entering[s]
+                                    .take()
+                                    .unwrap_or_else(|| Packed::new(Vec::new(), 1, vec![0]))
+                            })
                             .collect(),
                         o,
                         Some(final_lengths_dense(&dense_lengths, *src)),
@@ -782,7 +789,12 @@ fn run(
                             rows: o.map(|p| p.rows.clone()).unwrap_or_default(),
                             cu_seqlens: o.map(|p| p.cu_seqlens.clone()).unwrap_or_else(|| vec![0]),
                         };
-                        if let Some(p) = embed(&cfg.streams[s], &weights.streams[s].embeddings, &input, &mut errs) {
+                        if let Some(p) = embed(
+                            &cfg.streams[s],
+                            &weights.streams[s].embeddings,
+                            &input,
+                            &mut errs,
+                        ) {
                             xs.push(p);
                         }
                         dense_lengths[s] = Some(final_lengths_dense(&dense_lengths, src));
@@ -919,7 +931,13 @@ fn run_stage(
     let initial_lengths: Vec<Vec<i32>> = xs.iter().map(|x| x.lengths()).collect();
     let mut hidden: Vec<Vec<Vec<f32>>> = xs
         .iter()
-        .map(|x| if trace { vec![x.rows.clone()] } else { Vec::new() })
+        .map(|x| {
+            if trace {
+                vec![x.rows.clone()]
+            } else {
+                Vec::new()
+            }
+        })
         .collect();
     let mut records: Vec<Vec<LayerRecord>> = vec![Vec::new(); ns];
     for l in 0..nl {
@@ -1091,8 +1109,14 @@ fn run_stage(
                     pruned += r.flops[b];
                 }
                 let other_rows = match cfg.kind {
-                    ModelKind::CoAttention => dense_in.lengths[1 - si].get(b).map(|&n| n.max(0) as usize),
-                    ModelKind::CrossEncoder { .. } => dense_in.other.as_ref().and_then(|o| o.get(b)).map(|&n| n.max(0) as usize),
+                    ModelKind::CoAttention => {
+                        dense_in.lengths[1 - si].get(b).map(|&n| n.max(0) as usize)
+                    }
+                    ModelKind::CrossEncoder { .. } => dense_in
+                        .other
+                        .as_ref()
+                        .and_then(|o| o.get(b))
+                        .map(|&n| n.max(0) as usize),
                     _ => None,
                 };
                 let dl = dense_layer_flops(s, other_d, nd, other_rows);

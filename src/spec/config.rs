@@ -463,7 +463,10 @@ impl ModelConfig {
     pub fn stages(&self) -> Vec<Stage> {
         let sub = |kind: ModelKind, idx: &[usize]| ModelConfig {
             kind,
-            streams: idx.iter().filter_map(|&i| self.streams.get(i).cloned()).collect(),
+            streams: idx
+                .iter()
+                .filter_map(|&i| self.streams.get(i).cloned())
+                .collect(),
             head: None,
         };
         match self.kind {
@@ -550,7 +553,11 @@ impl ModelConfig {
     /// Layers of the deepest stream (the length of a pass's `[layer][stream]`
     /// statistics; streams with fewer layers have empty entries past theirs).
     pub fn max_layers(&self) -> usize {
-        self.streams.iter().map(|s| s.layers.len()).max().unwrap_or(0)
+        self.streams
+            .iter()
+            .map(|s| s.layers.len())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Checks every constraint, reporting the first problem found as [`Error::Config`].
@@ -968,7 +975,13 @@ fn roberta_stream(
 
 /// One of METER's fusion streams: post-LN co-attention layers (eps 1e-12)
 /// over an input transform from `input_hidden`, with a pooler.
-fn fusion_stream(name: &str, hidden: usize, heads: usize, input_hidden: usize, layers: Vec<LayerConfig>) -> StreamConfig {
+fn fusion_stream(
+    name: &str,
+    hidden: usize,
+    heads: usize,
+    input_hidden: usize,
+    layers: Vec<LayerConfig>,
+) -> StreamConfig {
     StreamConfig {
         pooler: true,
         ..stream(
@@ -1230,7 +1243,14 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
             kind: ModelKind::Meter,
             streams: vec![
                 roberta_stream("text_encoder", 768, 12, 50265, 514, 12),
-                clip_stream("image_encoder", 768, 12, 576, 16, vec![LayerConfig::default(); 11]),
+                clip_stream(
+                    "image_encoder",
+                    768,
+                    12,
+                    576,
+                    16,
+                    vec![LayerConfig::default(); 11],
+                ),
                 fusion_stream("text", 768, 12, 768, layers(6, &[1, 2, 3, 4], 1, true)),
                 fusion_stream("image", 768, 12, 768, layers(6, &[1, 2, 3, 4], 1, true)),
             ],
@@ -1280,7 +1300,14 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
             kind: ModelKind::Meter,
             streams: vec![
                 roberta_stream("text_encoder", 32, 2, 100, 66, 2),
-                clip_stream("image_encoder", 32, 2, 32, 8, vec![LayerConfig::default(); 2]),
+                clip_stream(
+                    "image_encoder",
+                    32,
+                    2,
+                    32,
+                    8,
+                    vec![LayerConfig::default(); 2],
+                ),
                 fusion_stream("text", 64, 4, 32, layers(3, &[1, 2], 1, true)),
                 fusion_stream("image", 64, 4, 32, layers(3, &[1, 2], 1, true)),
             ],
@@ -1372,7 +1399,10 @@ mod tests {
         let mut b = preset("tiny-blip-full").unwrap();
         b.streams.swap(0, 1);
         let e = b.validate().unwrap_err().to_string();
-        assert!(e.contains("needs a ViT embedding") && e.contains("needs a BERT"), "{e}");
+        assert!(
+            e.contains("needs a ViT embedding") && e.contains("needs a BERT"),
+            "{e}"
+        );
         let mut m = preset("tiny-meter-full").unwrap();
         m.streams[2].embedding = EmbeddingConfig::Transform {
             input_hidden: 48,
@@ -1410,7 +1440,10 @@ mod tests {
         }
         let t = preset("tiny-meter-full").unwrap();
         let d = t.with_default_pruners();
-        assert!(d.streams[0].layers.iter().all(|l| *l == LayerConfig::default()));
+        assert!(d.streams[0]
+            .layers
+            .iter()
+            .all(|l| *l == LayerConfig::default()));
         assert!(d.streams[2].layers[1].token_pruner.is_some());
         assert!(d.streams[2].layers[1].cross_head_pruner.is_some());
     }

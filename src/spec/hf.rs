@@ -23,7 +23,11 @@
 //!
 //! Pruners are not part of these checkpoints: their tensors come under our
 //! own names (`image.layers.3.token_pruner.w1x`, ...), either in the same
-//! file or in a second one ([`load_hf_model`]'s `pruners`).
+//! file or in a second one ([`load_model_dir`]'s `pruners`).
+//!
+//! [`load_model_dir`] also loads smarttrim model directories (a
+//! `config.json` in smarttrim's schema and tensors under smarttrim's names,
+//! as `scripts/convert_meter.py` writes for METER's checkpoints).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -78,15 +82,18 @@ impl Fields<'_> {
             Some(x) => match x.as_u64() {
                 Some(n) => n as usize,
                 None => {
-                    self.errs
-                        .push(format!("{}: `{k}` is not a non-negative integer", self.what));
+                    self.errs.push(format!(
+                        "{}: `{k}` is not a non-negative integer",
+                        self.what
+                    ));
                     0
                 }
             },
             None => match default {
                 Some(d) => d,
                 None => {
-                    self.errs.push(format!("{}: missing field `{k}`", self.what));
+                    self.errs
+                        .push(format!("{}: missing field `{k}`", self.what));
                     0
                 }
             },
@@ -227,7 +234,11 @@ pub fn config_from_hf(json: &str, tensor_names: &[&str]) -> Result<HfModel> {
         .and_then(|x| x.as_str())
         .unwrap_or("")
         .to_string();
-    let has = |n: &str| tensor_names.iter().any(|t| *t == n || t.ends_with(&format!(".{n}")));
+    let has = |n: &str| {
+        tensor_names
+            .iter()
+            .any(|t| *t == n || t.ends_with(&format!(".{n}")))
+    };
     let mut errs = Vec::new();
     let (family, config) = match model_type.as_str() {
         "bert" | "roberta" => {
@@ -251,7 +262,10 @@ pub fn config_from_hf(json: &str, tensor_names: &[&str]) -> Result<HfModel> {
             }
             let pooler = has("pooler.dense.weight");
             if pooler {
-                let act = v.get("pooler_act").and_then(|x| x.as_str()).unwrap_or("tanh");
+                let act = v
+                    .get("pooler_act")
+                    .and_then(|x| x.as_str())
+                    .unwrap_or("tanh");
                 let out = v.get("pooler_output_size").and_then(|x| x.as_u64());
                 if act != "tanh" || out.is_some_and(|o| o as usize != s.hidden) {
                     errs.push(format!(
@@ -437,7 +451,10 @@ impl Mapper {
     }
 
     /// Concatenates the collected pieces and returns the map.
-    fn finish(mut self, missing_name: impl Fn(&str, usize) -> String) -> (BTreeMap<String, RawTensor>, Vec<String>) {
+    fn finish(
+        mut self,
+        missing_name: impl Fn(&str, usize) -> String,
+    ) -> (BTreeMap<String, RawTensor>, Vec<String>) {
         for (target, parts) in std::mem::take(&mut self.concat) {
             let mut data = Vec::new();
             let mut rows = 0usize;
@@ -552,10 +569,7 @@ fn map_bert_name(m: &mut Mapper, sn: &str, name: &str, n: &str, t: RawTensor, wh
 /// "missing tensor" messages), in BERT naming.
 fn bert_piece_name(prefix: &str, target: &str, i: usize) -> String {
     let (stem, kind) = target.rsplit_once('.').unwrap_or((target, ""));
-    let l = stem
-        .split('.')
-        .nth(2)
-        .unwrap_or("?");
+    let l = stem.split('.').nth(2).unwrap_or("?");
     if stem.ends_with("cross_attn.kv") {
         let w = ["key", "value"].get(i).copied().unwrap_or("?");
         format!("{prefix}encoder.layer.{l}.crossattention.self.{w}.{kind}")
@@ -571,7 +585,9 @@ fn map_vit_name(m: &mut Mapper, s: &StreamConfig, name: &str, n: &str, t: RawTen
     let d = s.hidden;
     let what = "ViT";
     match n {
-        "embeddings.cls_token" => return m.put_as(format!("{sn}.embeddings.cls"), name, t, vec![d]),
+        "embeddings.cls_token" => {
+            return m.put_as(format!("{sn}.embeddings.cls"), name, t, vec![d])
+        }
         "embeddings.position_embeddings" => {
             let rows = t.shape.iter().product::<usize>() / d.max(1);
             return m.put_as(format!("{sn}.embeddings.position"), name, t, vec![rows, d]);
@@ -651,7 +667,9 @@ fn map_clip_blip_vision_name(
             let rows = t.shape.iter().product::<usize>() / d.max(1);
             return m.put_as(format!("{sn}.embeddings.position"), name, t, vec![rows, d]);
         }
-        "pre_layrnorm.weight" if !blip => return m.put(format!("{sn}.embeddings.ln.weight"), name, t),
+        "pre_layrnorm.weight" if !blip => {
+            return m.put(format!("{sn}.embeddings.ln.weight"), name, t)
+        }
         "pre_layrnorm.bias" if !blip => return m.put(format!("{sn}.embeddings.ln.bias"), name, t),
         "post_layernorm.weight" => return m.put(format!("{sn}.final_ln.weight"), name, t),
         "post_layernorm.bias" => return m.put(format!("{sn}.final_ln.bias"), name, t),
@@ -696,7 +714,11 @@ fn map_hf(
     raw: BTreeMap<String, RawTensor>,
 ) -> (BTreeMap<String, RawTensor>, Vec<String>) {
     let mut m = Mapper::new();
-    let ours: Vec<String> = config.streams.iter().map(|s| format!("{}.", s.name)).collect();
+    let ours: Vec<String> = config
+        .streams
+        .iter()
+        .map(|s| format!("{}.", s.name))
+        .collect();
     let s0 = &config.streams[0];
     for (name, t) in raw {
         if ours.iter().any(|p| name.starts_with(p.as_str())) || name.starts_with("head.") {
@@ -730,7 +752,10 @@ fn map_hf(
                 {
                     continue;
                 }
-                let n = name.strip_prefix("vision_model.").unwrap_or(&name).to_string();
+                let n = name
+                    .strip_prefix("vision_model.")
+                    .unwrap_or(&name)
+                    .to_string();
                 map_clip_blip_vision_name(&mut m, s0, &name, &n, t, false);
             }
             HfFamily::Blip => {
@@ -762,7 +787,9 @@ fn map_hf(
     };
     let streams: Vec<String> = config.streams.iter().map(|s| s.name.clone()).collect();
     m.finish(|target, i| {
-        let vision = streams.first().is_some_and(|s0| target.starts_with(&format!("{s0}.")))
+        let vision = streams
+            .first()
+            .is_some_and(|s0| target.starts_with(&format!("{s0}.")))
             && matches!(family, HfFamily::Vit | HfFamily::ClipVision);
         if vision {
             let (stem, kind) = target.rsplit_once('.').unwrap_or((target, ""));
@@ -774,7 +801,10 @@ fn map_hf(
                 ),
                 _ => format!(
                     "vision_model.encoder.layers.{l}.self_attn.{}.{kind}",
-                    ["q_proj", "k_proj", "v_proj"].get(i).copied().unwrap_or("?")
+                    ["q_proj", "k_proj", "v_proj"]
+                        .get(i)
+                        .copied()
+                        .unwrap_or("?")
                 ),
             }
         } else {
@@ -799,25 +829,32 @@ pub fn hf_weights_from_bytes(
     let mut raw = read_safetensors(bytes, context)?;
     let mut errs = Vec::new();
     if let Some((pb, pc)) = pruners {
-        for (name, t) in read_safetensors(pb, pc)? {
-            if raw.contains_key(&name) {
-                errs.push(format!("tensor `{name}` is in both {context} and {pc}"));
-            } else {
-                raw.insert(name, t);
-            }
-        }
+        merge_pruners(&mut raw, pb, pc, context, &mut errs)?;
     }
     let (map, mut e) = map_hf(family, config, raw);
     errs.append(&mut e);
     Weights::from_tensor_map(config, map, &mut errs)
 }
 
-/// A HuggingFace model directory (`config.json` + `model.safetensors`) as
-/// loaded: its family, the config it runs with, and the weights.
+/// What a model directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirFormat {
+    /// A HuggingFace checkpoint (`config.json` with a `model_type`, tensors
+    /// under HuggingFace's names).
+    HuggingFace(HfFamily),
+    /// A smarttrim model (`config.json` in smarttrim's schema, tensors under
+    /// smarttrim's names), e.g. written by `scripts/convert_meter.py`.
+    Smarttrim,
+}
+
+/// A model directory (`config.json` + `model.safetensors`) as loaded.
 #[derive(Debug, Clone)]
-pub struct LoadedHf {
-    /// The checkpoint's derived description (no pruners).
-    pub derived: HfModel,
+pub struct LoadedModel {
+    /// What the directory holds.
+    pub format: DirFormat,
+    /// The config the directory describes (for a HuggingFace checkpoint,
+    /// derived from `config.json`, with no pruners).
+    pub derived: ModelConfig,
     /// The weights (their `config` is the config the model runs with).
     pub weights: Weights,
 }
@@ -825,13 +862,16 @@ pub struct LoadedHf {
 /// The config a pruner file carries in its metadata (written by
 /// `smarttrim init-weights`), if any.
 pub fn pruner_file_config(bytes: &[u8], context: &str) -> Result<Option<ModelConfig>> {
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
-        Error::Safetensors {
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::Safetensors {
             context: context.to_string(),
             message: e.to_string(),
-        }
-    })?;
-    match meta.metadata().as_ref().and_then(|m| m.get(PRUNER_CONFIG_KEY)) {
+        })?;
+    match meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(PRUNER_CONFIG_KEY))
+    {
         None => Ok(None),
         Some(j) => ModelConfig::from_json(j).map(Some),
     }
@@ -842,7 +882,11 @@ pub fn pruner_file_config(bytes: &[u8], context: &str) -> Result<Option<ModelCon
 /// `{s}.layers.{l}.token_pruner.w1x` is present, its width from that
 /// tensor; head pruners (`tau_h` 0.5, `min_heads` 1) where
 /// `{s}.layers.{l}.{self_attn,cross_attn}.head_pruner.w1` is.
-pub fn pruners_from_names(config: &ModelConfig, bytes: &[u8], context: &str) -> Result<ModelConfig> {
+pub fn pruners_from_names(
+    config: &ModelConfig,
+    bytes: &[u8],
+    context: &str,
+) -> Result<ModelConfig> {
     let raw = read_safetensors(bytes, context)?;
     let mut c = config.clone();
     for s in &mut c.streams {
@@ -879,31 +923,68 @@ pub fn same_backbone(a: &ModelConfig, b: &ModelConfig) -> bool {
     super::schedule::without_pruners(a) == super::schedule::without_pruners(b)
 }
 
-/// Loads a HuggingFace model directory (`config.json` and
-/// `model.safetensors`) as it is.
+/// The format and config a model directory describes, from its
+/// `config.json` and its tensors' names (not their data): a HuggingFace
+/// checkpoint ([`config_from_hf`]) or a smarttrim model (its config as it
+/// is).
+pub fn dir_config(config_json: &str, tensor_names: &[&str]) -> Result<(DirFormat, ModelConfig)> {
+    let v = parse_json(config_json, "config.json")?;
+    if v.get("model_type").is_some() {
+        let m = config_from_hf(config_json, tensor_names)?;
+        Ok((DirFormat::HuggingFace(m.family), m.config))
+    } else if v.get("kind").is_some() && v.get("streams").is_some() {
+        Ok((DirFormat::Smarttrim, ModelConfig::from_json(config_json)?))
+    } else {
+        Err(Error::Config(
+            "config.json is neither a HuggingFace config (no `model_type`) nor a smarttrim \
+             config (no `kind` and `streams`)"
+                .into(),
+        ))
+    }
+}
+
+/// Reads a model directory's `config.json` and the tensor names of its
+/// `model.safetensors` ([`dir_config`]).
+pub fn read_dir_config(dir: impl AsRef<Path>) -> Result<(DirFormat, ModelConfig)> {
+    let dir = dir.as_ref();
+    let cpath = dir.join("config.json");
+    let wpath = dir.join("model.safetensors");
+    let json = std::fs::read_to_string(&cpath).map_err(|e| Error::io(&cpath, e))?;
+    let bytes = std::fs::read(&wpath).map_err(|e| Error::io(&wpath, e))?;
+    let names = tensor_names(&bytes, &wpath.display().to_string())?;
+    let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    dir_config(&json, &names)
+}
+
+/// Loads a model directory (`config.json` and `model.safetensors`) as it
+/// is: a HuggingFace checkpoint, or a smarttrim model such as
+/// `scripts/convert_meter.py` writes.
 ///
 /// The config it runs with: `config` if given (it must describe the same
 /// backbone as the directory, [`same_backbone`]; `smarttrim info --model
-/// DIR` prints the derived one to start from), else the one a pruner file
-/// carries in its metadata ([`pruner_file_config`]), else the derived one
+/// DIR` prints the directory's to start from), else the one a pruner file
+/// carries in its metadata ([`pruner_file_config`]), else the directory's
 /// with pruners where the pruner file has tensors ([`pruners_from_names`]),
-/// else the derived one (dense). Pruner tensors come from `pruners`, under
-/// our names.
-pub fn load_hf_model(
+/// else the directory's. Pruner tensors come from `pruners` (under our
+/// names), or from `model.safetensors` itself.
+pub fn load_model_dir(
     dir: impl AsRef<Path>,
     config: Option<&ModelConfig>,
     pruners: Option<&Path>,
-) -> Result<LoadedHf> {
+) -> Result<LoadedModel> {
     let dir = dir.as_ref();
     let cpath = dir.join("config.json");
     let wpath = dir.join("model.safetensors");
     let json = std::fs::read_to_string(&cpath).map_err(|e| Error::io(&cpath, e))?;
     let bytes = std::fs::read(&wpath).map_err(|e| Error::io(&wpath, e))?;
     let pbytes = match pruners {
-        Some(p) => Some((std::fs::read(p).map_err(|e| Error::io(p, e))?, p.display().to_string())),
+        Some(p) => Some((
+            std::fs::read(p).map_err(|e| Error::io(p, e))?,
+            p.display().to_string(),
+        )),
         None => None,
     };
-    load_hf_from_memory(
+    load_model_from_memory(
         &json,
         &bytes,
         &wpath.display().to_string(),
@@ -912,44 +993,80 @@ pub fn load_hf_model(
     )
 }
 
-/// [`load_hf_model`] on a config document and safetensors bytes in memory.
-pub fn load_hf_from_memory(
+/// [`load_model_dir`] on a `config.json` document and safetensors bytes in
+/// memory (`context` names the bytes in errors; `pruners`: a pruner file's
+/// bytes and name).
+pub fn load_model_from_memory(
     config_json: &str,
     bytes: &[u8],
     context: &str,
     config: Option<&ModelConfig>,
     pruners: Option<(&[u8], &str)>,
-) -> Result<LoadedHf> {
+) -> Result<LoadedModel> {
     let names = tensor_names(bytes, context)?;
     let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-    let derived = config_from_hf(config_json, &names)?;
+    let (format, derived) = dir_config(config_json, &names)?;
     let run = match (config, pruners) {
         (Some(c), _) => c.clone(),
         (None, Some((pb, pc))) => match pruner_file_config(pb, pc)? {
             Some(c) => c,
-            None => pruners_from_names(&derived.config, pb, pc)?,
+            None => pruners_from_names(&derived, pb, pc)?,
         },
-        (None, None) => derived.config.clone(),
+        (None, None) => derived.clone(),
     };
-    if !same_backbone(&run, &derived.config) {
+    if !same_backbone(&run, &derived) {
         return Err(Error::Config(format!(
-            "the config does not describe the checkpoint's backbone (`smarttrim info --model DIR` \
-             prints the derived config): expected {}",
-            derived.config.to_json()?
+            "the config does not describe the model directory's backbone (`smarttrim info \
+             --model DIR` prints the directory's config): expected {}",
+            super::schedule::without_pruners(&derived).to_json()?
         )));
     }
-    let weights = hf_weights_from_bytes(derived.family, &run, bytes, context, pruners)?;
-    Ok(LoadedHf { derived, weights })
+    let weights = match format {
+        DirFormat::HuggingFace(family) => {
+            hf_weights_from_bytes(family, &run, bytes, context, pruners)?
+        }
+        DirFormat::Smarttrim => {
+            run.validate()?;
+            let mut raw = read_safetensors(bytes, context)?;
+            let mut errs = Vec::new();
+            if let Some((pb, pc)) = pruners {
+                merge_pruners(&mut raw, pb, pc, context, &mut errs)?;
+            }
+            Weights::from_tensor_map(&run, raw, &mut errs)?
+        }
+    };
+    Ok(LoadedModel {
+        format,
+        derived,
+        weights,
+    })
+}
+
+/// Adds a pruner file's tensors to `raw`; a name in both is a problem.
+fn merge_pruners(
+    raw: &mut BTreeMap<String, RawTensor>,
+    pb: &[u8],
+    pc: &str,
+    context: &str,
+    errs: &mut Vec<String>,
+) -> Result<()> {
+    for (name, t) in read_safetensors(pb, pc)? {
+        if raw.contains_key(&name) {
+            errs.push(format!("tensor `{name}` is in both {context} and {pc}"));
+        } else {
+            raw.insert(name, t);
+        }
+    }
+    Ok(())
 }
 
 /// Names of the tensors of a safetensors file (header only).
 fn tensor_names(bytes: &[u8], context: &str) -> Result<Vec<String>> {
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
-        Error::Safetensors {
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::Safetensors {
             context: context.to_string(),
             message: e.to_string(),
-        }
-    })?;
+        })?;
     let mut v: Vec<String> = meta.tensors().keys().cloned().collect();
     v.sort();
     Ok(v)

@@ -17,6 +17,6 @@ pub use config::{
 pub use flops::{Flops, LayerCounts, SequenceFlops};
 pub use weights::{
     CrossAttentionWeights, EmbeddingWeights, FfnWeights, HeadPrunerWeights, HeadWeights,
-    LayerNormWeights,
-    LayerWeights, Linear, Rng, SelfAttentionWeights, StreamWeights, TokenPrunerWeights, Weights,
+    LayerNormWeights, LayerWeights, Linear, Rng, SelfAttentionWeights, StreamWeights,
+    TokenPrunerWeights, Weights,
 };

@@ -153,14 +153,19 @@ pub fn flops_from_stats(
             }
         }
         let (ctx, dense_ctx) = match &stage.input {
-            StageInput::ContextFrom(src) => {
-                (Some(final_rows(*src, &entering)), Some(dense_in[*src].clone()))
-            }
+            StageInput::ContextFrom(src) => (
+                Some(final_rows(*src, &entering)),
+                Some(dense_in[*src].clone()),
+            ),
             _ => (context.clone(), context.clone()),
         };
         for (i, &s) in stage.streams.iter().enumerate() {
             let sc = &cfg.streams[s];
-            let other = stage.streams.get(1 - i.min(1)).copied().filter(|_| stage.streams.len() == 2);
+            let other = stage
+                .streams
+                .get(1 - i.min(1))
+                .copied()
+                .filter(|_| stage.streams.len() == 2);
             // Rows entering each layer: the first layer's, then each layer's kept rows.
             let mut rows_in = Vec::with_capacity(sc.layers.len());
             let mut cur = entering[s].clone();
@@ -301,7 +306,9 @@ pub fn budget_stats(cfg: &ModelConfig, lengths: &Lengths) -> Result<Vec<Vec<Laye
                 let kept: Vec<usize> = match &lc.token_pruner {
                     None => rows.clone(),
                     Some(tp) => match tp.rule {
-                        KeepRule::Budget { .. } => rows.iter().map(|&n| tp.rule.budget(n)).collect(),
+                        KeepRule::Budget { .. } => {
+                            rows.iter().map(|&n| tp.rule.budget(n)).collect()
+                        }
                         KeepRule::Threshold { .. } => {
                             return Err(Error::invalid(
                                 OP,

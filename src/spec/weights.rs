@@ -603,7 +603,12 @@ impl Weights {
                     visit_linear(&format!("{name}.embeddings.transform"), transform, f);
                     if let Some(t) = type_vector {
                         let d = t.len();
-                        f(&format!("{name}.embeddings.type_vector"), &[d], Init::Linear, t);
+                        f(
+                            &format!("{name}.embeddings.type_vector"),
+                            &[d],
+                            Init::Linear,
+                            t,
+                        );
                     }
                 }
                 EmbeddingWeights::Bert {
@@ -873,26 +878,25 @@ pub(crate) fn tensors_to_safetensors(
     tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<Vec<u8>> {
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-            .into_iter()
-            .map(|(n, s, d)| (n, s, d.iter().flat_map(|x| x.to_le_bytes()).collect()))
-            .collect();
-        let mut views = Vec::with_capacity(bytes.len());
-        for (n, s, b) in &bytes {
-            let v =
-                safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| {
-                    Error::Safetensors {
-                        context: n.clone(),
-                        message: e.to_string(),
-                    }
-                })?;
-            views.push((n.clone(), v));
-        }
-        safetensors::serialize(views, metadata).map_err(|e| Error::Safetensors {
-            context: "serialize".into(),
-            message: e.to_string(),
-        })
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(n, s, d)| (n, s, d.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let mut views = Vec::with_capacity(bytes.len());
+    for (n, s, b) in &bytes {
+        let v = safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| {
+            Error::Safetensors {
+                context: n.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        views.push((n.clone(), v));
     }
+    safetensors::serialize(views, metadata).map_err(|e| Error::Safetensors {
+        context: "serialize".into(),
+        message: e.to_string(),
+    })
+}
 
 impl Weights {
     /// Writes [`Weights::to_safetensors_bytes`] to `path`.
@@ -1173,10 +1177,7 @@ impl RawTensor {
     }
 }
 
-pub(crate) fn read_safetensors(
-    bytes: &[u8],
-    context: &str,
-) -> Result<BTreeMap<String, RawTensor>> {
+pub(crate) fn read_safetensors(bytes: &[u8], context: &str) -> Result<BTreeMap<String, RawTensor>> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
         context: context.to_string(),
         message: e.to_string(),
