@@ -986,3 +986,52 @@ fn check_inputs_matches_embed_inputs() {
         assert_eq!(a, b, "{name}");
     }
 }
+
+/// Whole models (BLIP, METER): the host accounting from statistics
+/// (`flops_from_stats`, what the GPU pass and the bench use) equals the
+/// reference's FLOPs, pruned and dense; a budget schedule's statistics and
+/// FLOPs are predicted on the host from the input lengths alone (a fusion
+/// stream's length entry is not used: it takes its source's rows).
+#[test]
+fn whole_model_flops_and_budget_stats_match_the_reference() {
+    use smarttrim::spec::schedule::{
+        budget_config, budget_flops, budget_stats, flops_from_stats, Lengths,
+    };
+    for name in ["tiny-blip-full", "tiny-meter-full"] {
+        let c = preset(name).unwrap();
+        let inputs = smarttrim::reference::synthetic_inputs(&c, 4, 4, true);
+        let lengths_of = |out: &smarttrim::reference::Outputs| Lengths {
+            streams: out
+                .streams
+                .iter()
+                .enumerate()
+                .map(|(s, so)| {
+                    let fed = c.input_streams().contains(&s);
+                    so.layers[0]
+                        .rows_in
+                        .iter()
+                        .map(|&n| if fed { n as usize } else { 0 })
+                        .collect()
+                })
+                .collect(),
+            context: None,
+        };
+        let w = Weights::random(&c, 3).unwrap();
+        for dense in [false, true] {
+            let out = forward(&w, &inputs, &ForwardOptions { dense }).unwrap();
+            let stats = out.stats();
+            assert_eq!(stats.len(), c.max_layers(), "{name}");
+            let f = flops_from_stats(&c, &lengths_of(&out), &stats, dense).unwrap();
+            assert_eq!(f, out.flops, "{name} dense={dense}");
+            if !dense {
+                assert!(out.flops.iter().all(|x| x.pruned.model < x.dense.model));
+            }
+        }
+        let bc = budget_config(&c, 0.6);
+        let bw = Weights::random(&bc, 3).unwrap();
+        let out = forward(&bw, &inputs, &ForwardOptions::default()).unwrap();
+        let lengths = lengths_of(&out);
+        assert_eq!(budget_stats(&bc, &lengths).unwrap(), out.stats(), "{name}");
+        assert_eq!(budget_flops(&bc, &lengths).unwrap(), out.flops, "{name}");
+    }
+}

@@ -1042,6 +1042,26 @@ pub fn load_model_from_memory(
     })
 }
 
+/// Weights for `config` from a safetensors file under our names, plus the
+/// pruner tensors of a second file if given (every problem at once, in
+/// [`Error::Weights`]; a tensor in both files is one).
+pub fn load_weights_files(
+    config: &ModelConfig,
+    weights: &Path,
+    pruners: Option<&Path>,
+) -> Result<Weights> {
+    config.validate()?;
+    let bytes = std::fs::read(weights).map_err(|e| Error::io(weights, e))?;
+    let context = weights.display().to_string();
+    let mut raw = read_safetensors(&bytes, &context)?;
+    let mut errs = Vec::new();
+    if let Some(p) = pruners {
+        let pb = std::fs::read(p).map_err(|e| Error::io(p, e))?;
+        merge_pruners(&mut raw, &pb, &p.display().to_string(), &context, &mut errs)?;
+    }
+    Weights::from_tensor_map(config, raw, &mut errs)
+}
+
 /// Adds a pruner file's tensors to `raw`; a name in both is a problem.
 fn merge_pruners(
     raw: &mut BTreeMap<String, RawTensor>,
