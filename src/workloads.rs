@@ -104,6 +104,24 @@ pub const WORKLOADS: &[Workload] = &[
         about: "tiny-meter's GPU variant (hidden 64, 2 heads, 3 layers), text 12 + image 17 rows",
     },
     Workload {
+        name: "tiny-blip-full",
+        preset: "tiny-blip-full",
+        gpu_variant: true,
+        rows: &[17, 12],
+        context_rows: None,
+        about: "tiny-blip-full's GPU variant (hidden 64, 2 heads): 32 px images (17 rows), \
+                then 12 text tokens over the pruned image rows, ITM head",
+    },
+    Workload {
+        name: "tiny-meter-full",
+        preset: "tiny-meter-full",
+        gpu_variant: true,
+        rows: &[12, 17, 12, 17],
+        context_rows: None,
+        about: "tiny-meter-full's GPU variant: RoBERTa 12 tokens and a CLIP ViT over 17 rows \
+                (hidden 32), the fusion encoder (hidden 64), poolers, VQA head",
+    },
+    Workload {
         name: "tiny-vit",
         preset: "tiny-vit",
         gpu_variant: true,
@@ -466,7 +484,12 @@ mod tests {
     /// FLOPs from the statistics equal the reference's.
     #[test]
     fn host_flops_match_the_reference() {
-        for name in ["tiny-meter", "tiny-vit"] {
+        for name in [
+            "tiny-meter",
+            "tiny-vit",
+            "tiny-blip-full",
+            "tiny-meter-full",
+        ] {
             let w = workload(name).unwrap();
             let base = w.weights(3).unwrap();
             for batch in [1, 3] {

@@ -96,6 +96,7 @@
 //! [`Error::Unsupported`](crate::Error::Unsupported); the tests run them with
 //! 2 heads (head size 32) and token pruner width 64.
 
+mod composite;
 mod device_io;
 mod forward;
 mod input;

@@ -106,6 +106,32 @@ pub fn flops_from_stats(
     stats: &[Vec<LayerStats>],
     dense: bool,
 ) -> Result<Vec<SequenceFlops>> {
+    let per_stream = stream_flops_from_stats(cfg, lengths, stats, dense)?;
+    let mut out = vec![SequenceFlops::default(); lengths.batch()];
+    for (_, seq) in &per_stream {
+        for (t, f) in out.iter_mut().zip(seq) {
+            t.pruned += f.pruned;
+            t.dense += f.dense;
+        }
+    }
+    let hf = head_flops(cfg);
+    for t in &mut out {
+        t.pruned += hf;
+        t.dense += hf;
+    }
+    Ok(out)
+}
+
+/// Per config stream, what [`flops_from_stats`] sums: the per-layer,
+/// per-sequence FLOPs and the stream's per-sequence totals (embedding and
+/// pooler included, the task head not), as
+/// [`super::flops::stream_flops`] gives them.
+pub fn stream_flops_from_stats(
+    cfg: &ModelConfig,
+    lengths: &Lengths,
+    stats: &[Vec<LayerStats>],
+    dense: bool,
+) -> Result<StreamFlops> {
     const OP: &str = "flops_from_stats";
     let batch = lengths.check(cfg, OP)?;
     let ns = cfg.streams.len();
@@ -144,7 +170,7 @@ pub fn flops_from_stats(
         }
     };
     let context = lengths.context.as_deref().map(as_i32);
-    let mut out = vec![SequenceFlops::default(); batch];
+    let mut out: StreamFlops = vec![(Vec::new(), Vec::new()); ns];
     for stage in cfg.stages() {
         if let StageInput::RowsFrom(srcs) = &stage.input {
             for (&s, &src) in stage.streams.iter().zip(srcs) {
@@ -208,26 +234,21 @@ pub fn flops_from_stats(
                 ModelKind::CrossEncoder { .. } => dense_ctx.clone(),
                 _ => None,
             };
-            let (_, seq) = stream_flops(
+            out[s] = stream_flops(
                 sc,
                 cfg.other_hidden(s),
                 &runs,
                 &dense_in[s],
                 other_initial.as_deref(),
             );
-            for (t, f) in out.iter_mut().zip(seq) {
-                t.pruned += f.pruned;
-                t.dense += f.dense;
-            }
         }
-    }
-    let hf = head_flops(cfg);
-    for t in &mut out {
-        t.pruned += hf;
-        t.dense += hf;
     }
     Ok(out)
 }
+
+/// Per config stream: per layer the per-sequence [`super::Flops`], and the
+/// stream's per-sequence totals.
+pub type StreamFlops = Vec<(Vec<Vec<super::Flops>>, Vec<SequenceFlops>)>;
 
 /// `cfg` with every token pruner switched to the budget rule with `rho`
 /// (`keep_first` and widths unchanged) and every head pruner removed.
