@@ -740,7 +740,7 @@ fn formats_md_json_examples_parse() {
         Weights::random(&c, 0).unwrap();
         n += 1;
     }
-    assert_eq!(n, 4);
+    assert_eq!(n, 6);
 }
 
 #[test]

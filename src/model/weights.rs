@@ -253,6 +253,8 @@ pub(crate) struct DevStream {
 /// (ITM's 2, VQA's 3129) are padded with zero rows of the last linear's
 /// weight and bias to a multiple of 8 ([`padded`]); the padding columns are
 /// dropped on the host.
+// One per model: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum DevHead {
     Itm {
         fc: DevLinear,
@@ -505,7 +507,7 @@ fn upload_model(dev: Device, weights: &Weights, cfg: &ModelConfig) -> Result<Gpu
                 stages.push(upload_model(sdev, &sw, &stage.config)?);
             }
         }
-        let head = match (&cfg.head, &weights.head) {
+        let head = match (&cfg.head, weights.head.as_deref()) {
             (Some(hc), Some(hw)) => Some(up.task_head(hc, hw)?),
             _ => None,
         };

@@ -835,7 +835,7 @@ fn run(
             t.dense += f.dense;
         }
     }
-    let logits = match (&cfg.head, &weights.head) {
+    let logits = match (&cfg.head, weights.head.as_deref()) {
         (Some(hc), Some(hw)) => {
             let hf = head_flops(cfg);
             for t in &mut total {

@@ -20,7 +20,11 @@
 //! - token pruner (on the `n` entering rows): `2 n D Hs` (W1x) `+ 2 n Hs`
 //!   (w2) `+ 2 D Hs` (W1s) `+ 2 Do Hs` (W1c, two streams);
 //! - head pruner: `2 (D + Do) hh + 2 hh H` (`Do = 0` single stream);
-//! - ViT patch embedding: `2 P D (C p^2)` for `P` patches (once per image).
+//! - ViT patch embedding: `2 P D (C p^2)` for `P` patches (once per image);
+//! - input transform (METER's fusion streams): `2 n D D_in` on the `n` rows
+//!   the source hands on;
+//! - pooler: `2 D^2` per sequence; task head: `2 F 2` (ITM) or
+//!   `2 F F + 2 F labels` (VQA) per instance, `F` the feature width.
 //!
 //! **Executed FLOPs**: what an implementation does that skips pruned tokens
 //! everywhere but inactive heads only inside attention: projections (QKV,

@@ -155,6 +155,7 @@ impl Fields<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn plain_stream(
     name: &str,
     hidden: usize,
@@ -417,12 +418,14 @@ impl Mapper {
     }
 
     fn put(&mut self, target: String, source: &str, t: RawTensor) {
-        if self.out.contains_key(&target) {
-            self.errs.push(format!(
-                "tensor `{source}` maps onto `{target}`, which is given twice"
-            ));
-        } else {
-            self.out.insert(target, t);
+        match self.out.entry(target) {
+            std::collections::btree_map::Entry::Occupied(e) => self.errs.push(format!(
+                "tensor `{source}` maps onto `{}`, which is given twice",
+                e.key()
+            )),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(t);
+            }
         }
     }
 
@@ -1071,10 +1074,14 @@ fn merge_pruners(
     errs: &mut Vec<String>,
 ) -> Result<()> {
     for (name, t) in read_safetensors(pb, pc)? {
-        if raw.contains_key(&name) {
-            errs.push(format!("tensor `{name}` is in both {context} and {pc}"));
-        } else {
-            raw.insert(name, t);
+        match raw.entry(name) {
+            std::collections::btree_map::Entry::Occupied(e) => errs.push(format!(
+                "tensor `{}` is in both {context} and {pc}",
+                e.key()
+            )),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(t);
+            }
         }
     }
     Ok(())

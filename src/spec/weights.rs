@@ -11,12 +11,15 @@
 //!
 //! | name | shape |
 //! |---|---|
-//! | `{s}.embeddings.patch.weight` / `.bias` (ViT) | `[D, C*P*P]` / `[D]` |
+//! | `{s}.embeddings.patch.weight` / `.bias` (ViT; the bias with `patch_bias`) | `[D, C*P*P]` / `[D]` |
 //! | `{s}.embeddings.cls` (ViT) | `[D]` |
 //! | `{s}.embeddings.position` (ViT) | `[N, D]` |
+//! | `{s}.embeddings.ln.weight` / `.bias` (ViT with `ln`: CLIP's `ln_pre`) | `[D]` |
+//! | `{s}.embeddings.transform.weight` / `.bias` (transform) | `[D, D_in]` / `[D]` |
+//! | `{s}.embeddings.type_vector` (transform with `type_vector`) | `[D]` |
 //! | `{s}.embeddings.word` (BERT) | `[vocab, D]` |
 //! | `{s}.embeddings.position` (BERT) | `[max_positions, D]` |
-//! | `{s}.embeddings.token_type` (BERT) | `[type_vocab, D]` |
+//! | `{s}.embeddings.token_type` (BERT, `type_vocab > 0`) | `[type_vocab, D]` |
 //! | `{s}.embeddings.ln.weight` / `.bias` (BERT) | `[D]` |
 //! | `{s}.layers.{l}.self_attn.qkv.weight` / `.bias` | `[3D, D]` / `[3D]` (rows Q, K, V) |
 //! | `{s}.layers.{l}.self_attn.out.weight` / `.bias` | `[D, D]` / `[D]` |
@@ -40,6 +43,9 @@
 //! | `{s}.layers.{l}.{self_attn,cross_attn}.head_pruner.b1` | `[hh]` |
 //! | `{s}.layers.{l}.{self_attn,cross_attn}.head_pruner.w2` / `.b2` | `[H, hh]` / `[H]` |
 //! | `{s}.final_ln.weight` / `.bias` (if `final_ln`) | `[D]` |
+//! | `{s}.pooler.weight` / `.bias` (if `pooler`) | `[D, D]` / `[D]` |
+//! | `head.fc.weight` / `.bias` (ITM head) | `[2, F]` / `[2]` |
+//! | `head.fc1`, `head.ln`, `head.fc2` `.weight` / `.bias` (VQA head) | `[F, F]`, `[F]`, `[labels, F]` |
 //!
 //! In a pre-LN layer, `self_attn.ln` is applied before self-attention,
 //! `cross_attn.ln` before cross-attention and `ffn.ln` before the FFN; in a
@@ -335,7 +341,7 @@ pub struct Weights {
     /// One entry per config stream.
     pub streams: Vec<StreamWeights>,
     /// The task head (if the config has one).
-    pub head: Option<HeadWeights>,
+    pub head: Option<Box<HeadWeights>>,
 }
 
 /// What a tensor is, for random initialisation.
@@ -545,15 +551,17 @@ impl Weights {
             })
             .collect();
         let f = config.feature_width();
-        let head = config.head.as_ref().map(|h| match *h {
-            HeadConfig::Itm => HeadWeights::Itm {
-                fc: Linear::zeros(2, f),
-            },
-            HeadConfig::Vqa { labels, .. } => HeadWeights::Vqa {
-                fc1: Linear::zeros(f, f),
-                ln: LayerNormWeights::ones(f),
-                fc2: Linear::zeros(labels, f),
-            },
+        let head = config.head.as_ref().map(|h| {
+            Box::new(match *h {
+                HeadConfig::Itm => HeadWeights::Itm {
+                    fc: Linear::zeros(2, f),
+                },
+                HeadConfig::Vqa { labels, .. } => HeadWeights::Vqa {
+                    fc1: Linear::zeros(f, f),
+                    ln: LayerNormWeights::ones(f),
+                    fc2: Linear::zeros(labels, f),
+                },
+            })
         });
         Ok(Weights {
             config: config.clone(),
@@ -664,7 +672,7 @@ impl Weights {
                 visit_linear(&format!("{name}.pooler"), p, f);
             }
         }
-        match &mut self.head {
+        match self.head.as_deref_mut() {
             None => {}
             Some(HeadWeights::Itm { fc }) => visit_linear("head.fc", fc, f),
             Some(HeadWeights::Vqa { fc1, ln, fc2 }) => {
@@ -771,7 +779,7 @@ impl Weights {
                 lin(&mut v, p);
             }
         }
-        match &self.head {
+        match self.head.as_deref() {
             None => {}
             Some(HeadWeights::Itm { fc }) => lin(&mut v, fc),
             Some(HeadWeights::Vqa { fc1, ln: l, fc2 }) => {
