@@ -1035,3 +1035,79 @@ fn whole_model_flops_and_budget_stats_match_the_reference() {
         assert_eq!(budget_flops(&bc, &lengths).unwrap(), out.flops, "{name}");
     }
 }
+
+/// A whole model is its stages: BLIP's text encoder run on its own as a
+/// cross encoder over the whole pass's final image rows (pruned, after the
+/// final LN) gives the whole pass's text results bitwise, so its pruners and
+/// cross-attention saw the pruned image rows; METER's fusion encoder run on
+/// its own on the unimodal encoders' final rows gives the fusion results.
+#[test]
+fn whole_models_compose_their_stages() {
+    use smarttrim::spec::StageInput;
+    for name in ["tiny-blip-full", "tiny-meter-full"] {
+        let c = preset(name).unwrap();
+        let w = Weights::random(&c, 11).unwrap();
+        let inputs = smarttrim::reference::synthetic_inputs(&c, 3, 12, true);
+        let out = forward(&w, &inputs, &ForwardOptions::default()).unwrap();
+        let input_streams = c.input_streams();
+        let mut pruned_somewhere = false;
+        for stage in c.stages() {
+            let sw = Weights {
+                config: stage.config.clone(),
+                streams: stage
+                    .streams
+                    .iter()
+                    .map(|&s| w.streams[s].clone())
+                    .collect(),
+                head: None,
+            };
+            let streams: Vec<StreamInput> = stage
+                .streams
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| match &stage.input {
+                    StageInput::RowsFrom(srcs) => {
+                        let p = &out.streams[srcs[i]].packed;
+                        StreamInput::Packed {
+                            rows: p.rows.clone(),
+                            cu_seqlens: p.cu_seqlens.clone(),
+                        }
+                    }
+                    _ => {
+                        let j = input_streams.iter().position(|&x| x == s).unwrap();
+                        inputs.streams[j].clone()
+                    }
+                })
+                .collect();
+            let context = match stage.input {
+                StageInput::ContextFrom(src) => {
+                    let p = &out.streams[src].packed;
+                    let total = p.cu_seqlens[p.cu_seqlens.len() - 1] as usize;
+                    pruned_somewhere |=
+                        total < out.streams[src].layers[0].rows_in.iter().sum::<i32>() as usize;
+                    Some((p.rows.clone(), p.cu_seqlens.clone()))
+                }
+                _ => None,
+            };
+            let alone = forward(
+                &sw,
+                &Inputs { streams, context },
+                &ForwardOptions::default(),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            for (i, &s) in stage.streams.iter().enumerate() {
+                let (a, b) = (&alone.streams[i], &out.streams[s]);
+                assert_eq!(a.packed, b.packed, "{name} stream `{}`", b.name);
+                assert_eq!(a.layers, b.layers, "{name} stream `{}` records", b.name);
+                assert_eq!(a.pooler, b.pooler, "{name} stream `{}` pooler", b.name);
+            }
+        }
+        if name == "tiny-blip-full" {
+            assert!(
+                pruned_somewhere,
+                "the image encoder pruned rows before the text encoder"
+            );
+        }
+        assert!(out.logits.is_some());
+    }
+}
