@@ -48,6 +48,7 @@ import transformers
 from safetensors.torch import save_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True  # no __pycache__ under scripts/
 sys.path.insert(0, HERE)
 import convert_meter  # noqa: E402
 
