@@ -210,3 +210,79 @@ extern "C" __global__ void first_token_f16(const __half* __restrict__ x,
         store_half8(out + static_cast<size_t>(b) * shape.d + v * 8, h);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Bias + activation (the per-stream FFN activation, poolers, heads) and a
+// column copy (the features a task head reads).
+
+// Activation codes of ActShape::act (mirrored in src/ops/elementwise.rs).
+#define ACT_GELU 0        // erf GELU, as bias_gelu_f16
+#define ACT_QUICK_GELU 1  // CLIP: x * sigmoid(1.702 x)
+#define ACT_TANH 2        // poolers: tanh(x)
+
+struct ActShape {
+    int rows;  // host upper bound on the number of rows
+    int n;     // row width; a multiple of 8
+    int act;   // ACT_*
+};
+
+ST_DEVICE float activate(float x, int act) {
+    switch (act) {
+        case ACT_QUICK_GELU:
+            // The exact exp (not __expf): this is a layer activation, the
+            // same f32 math as the CPU reference's.
+            return x / (1.0f + expf(-1.702f * x));
+        case ACT_TANH:
+            return tanhf(x);
+        default:
+            return gelu_erf(x);
+    }
+}
+
+// x[r, c] = act(x[r, c] + bias[c]) in place (bias may be null: act(x)). One
+// thread per 16-byte vector, grid-stride; rows at or past *rows_dev (when
+// given) are untouched.
+extern "C" __global__ void bias_act_f16(__half* __restrict__ x, const __half* __restrict__ bias,
+                                        const int* __restrict__ rows_dev, ActShape shape) {
+    const int rows = effective_rows(shape.rows, rows_dev);
+    const int vpr = shape.n >> 3;
+    const size_t total = static_cast<size_t>(rows) * vpr;
+    for (size_t v = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < total;
+         v += static_cast<size_t>(gridDim.x) * blockDim.x) {
+        const int col = static_cast<int>(v % vpr) * 8;
+        float a[8];
+        half8_to_float(load_half8(x + v * 8), a);
+        if (bias != nullptr) {
+            float bb[8];
+            half8_to_float(load_half8(bias + col), bb);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) a[i] += bb[i];
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) a[i] = activate(a[i], shape.act);
+        store_half8(x + v * 8, float_to_half8(a));
+    }
+}
+
+struct CopyColsShape {
+    int rows;     // rows copied
+    int n;        // columns copied; a multiple of 8
+    int src_ld;   // src row stride (elements); a multiple of 8, >= n
+    int dst_ld;   // dst row stride (elements); a multiple of 8
+    int dst_col;  // first dst column; a multiple of 8, dst_col + n <= dst_ld
+};
+
+// dst[r, dst_col + c] = src[r, c] for r < rows, c < n. One thread per 16-byte
+// vector, grid-stride.
+extern "C" __global__ void copy_cols_f16(const __half* __restrict__ src, __half* __restrict__ dst,
+                                         CopyColsShape shape) {
+    const int vpr = shape.n >> 3;
+    const size_t total = static_cast<size_t>(shape.rows) * vpr;
+    for (size_t v = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < total;
+         v += static_cast<size_t>(gridDim.x) * blockDim.x) {
+        const size_t r = v / vpr;
+        const int c = static_cast<int>(v % vpr) * 8;
+        const half8 h = load_half8(src + r * shape.src_ld + c);
+        store_half8(dst + r * shape.dst_ld + shape.dst_col + c, h);
+    }
+}

@@ -336,7 +336,7 @@ pub fn patch_grid(config: &ModelConfig, si: usize, rows: usize) -> Option<usize>
     let s = config.streams.get(si)?;
     let imageish = match s.embedding {
         EmbeddingConfig::Vit { .. } => true,
-        EmbeddingConfig::None => {
+        EmbeddingConfig::None | EmbeddingConfig::Transform { .. } => {
             let n = s.name.to_ascii_lowercase();
             n.contains("image") || n.contains("vis")
         }

@@ -1,7 +1,9 @@
 //! Model inputs from, and every output of a forward pass to, safetensors
 //! files (the `smarttrim run` formats; `docs/FORMATS.md` is the reference).
 //!
-//! **Inputs**, per stream `S` (the config's stream names), one of:
+//! **Inputs**, per input stream `S` (the config's stream names; a whole
+//! model's input streams, `ModelConfig::input_streams`: BLIP's `image` and
+//! `text`, METER's `text_encoder` and `image_encoder`), one of:
 //!
 //! - `S.rows` `[total, D]` f32/f16/bf16 and `S.cu_seqlens` `[batch + 1]` i32/i64
 //!   — rows as they enter the first layer;
@@ -14,14 +16,16 @@
 //!
 //! **Outputs** (f32 unless said): per stream `S.rows` `[total, D]`,
 //! `S.cu_seqlens` i32, `S.orig_index` i32, `S.pooled_first` and
-//! `S.pooled_mean` `[batch, D]`; per layer `l` of a stream
+//! `S.pooled_mean` `[batch, D]`, `S.pooler` `[batch, D]` (a stream with a
+//! pooler); per layer `l` of a stream
 //! `S.layers.l.rows_in` i32 `[batch]`, `S.layers.l.orig_index_in` i32,
 //! `S.layers.l.kept` i32 `[batch]`, and where a pruner ran
 //! `S.layers.l.token_scores` `[rows_in]`, `S.layers.l.keep` u8 `[rows_in]`,
 //! `S.layers.l.self_head_logits` / `cross_head_logits` `[batch, H]`,
 //! `S.layers.l.self_head_mask` / `cross_head_mask` u8 `[batch, H]`, and
 //! always `S.layers.l.self_heads_active` / `cross_heads_active` i32
-//! `[batch]`; for the whole model `flops.pruned_model`,
+//! `[batch]`; for the whole model `logits` `[batch, n]` (a model with a task
+//! head), `flops.pruned_model`,
 //! `flops.pruned_executed`, `flops.dense_model`, `flops.dense_executed`, u64
 //! `[batch]`.
 
@@ -59,20 +63,25 @@ pub fn inputs_from_bytes(config: &ModelConfig, bytes: &[u8], context: &str) -> R
         t
     };
     let mut streams = Vec::new();
-    for s in &config.streams {
+    for s in config
+        .input_streams()
+        .into_iter()
+        .filter_map(|i| config.streams.get(i))
+    {
         let n = &s.name;
         let input = match &s.embedding {
-            EmbeddingConfig::None => {
+            EmbeddingConfig::None | EmbeddingConfig::Transform { .. } => {
+                let width = s.embedding.input_width(s.hidden).unwrap_or(s.hidden);
                 let rows = get(&format!("{n}.rows"));
                 let cu = get(&format!("{n}.cu_seqlens"));
                 match (rows, cu) {
                     (Some(rows), Some(cu)) => {
                         let rows = floats(&format!("{n}.rows"), &rows, Some(2), &mut errs);
                         if let Some((shape, _)) = &rows {
-                            if shape[1] != s.hidden {
+                            if shape[1] != width {
                                 errs.push(format!(
-                                    "`{n}.rows` has {} columns, the stream's hidden size is {}",
-                                    shape[1], s.hidden
+                                    "`{n}.rows` has {} columns, the stream takes rows {width} wide",
+                                    shape[1]
                                 ));
                             }
                         }
@@ -87,7 +96,7 @@ pub fn inputs_from_bytes(config: &ModelConfig, bytes: &[u8], context: &str) -> R
                     }
                     (rows, cu) => {
                         if rows.is_none() {
-                            errs.push(format!("missing tensor `{n}.rows` ([total, {}])", s.hidden));
+                            errs.push(format!("missing tensor `{n}.rows` ([total, {width}])"));
                         }
                         if cu.is_none() {
                             errs.push(format!("missing tensor `{n}.cu_seqlens` ([batch + 1] i32)"));
@@ -360,6 +369,9 @@ pub fn output_tensors(config: &ModelConfig, out: &Outputs) -> Vec<OutputTensor> 
             vec![batch, d],
             &so.pooled_mean,
         ));
+        if let Some(p) = &so.pooler {
+            t.push(f32_tensor(format!("{n}.pooler"), vec![batch, d], p));
+        }
         for (l, r) in so.layers.iter().enumerate() {
             let p = format!("{n}.layers.{l}");
             t.push(i32_tensor(format!("{p}.rows_in"), &r.rows_in));
@@ -401,6 +413,10 @@ pub fn output_tensors(config: &ModelConfig, out: &Outputs) -> Vec<OutputTensor> 
         }
         let _ = s;
     }
+    if let (Some(l), Some(h)) = (&out.logits, &config.head) {
+        let n = h.outputs();
+        t.push(f32_tensor("logits".into(), vec![l.len() / n.max(1), n], l));
+    }
     let f = &out.flops;
     let col =
         |g: &dyn Fn(&crate::spec::SequenceFlops) -> u64| f.iter().map(g).collect::<Vec<u64>>();
@@ -431,13 +447,16 @@ pub fn input_tensors(config: &ModelConfig, inputs: &Inputs) -> Vec<OutputTensor>
         let i: Vec<i32> = v.iter().map(|&x| x as i32).collect();
         i32_tensor(name, &i)
     };
-    for (s, input) in config.streams.iter().zip(&inputs.streams) {
+    let input_streams = config.input_streams();
+    let streams = input_streams.iter().filter_map(|&i| config.streams.get(i));
+    for (s, input) in streams.zip(&inputs.streams) {
         let n = &s.name;
         match input {
             StreamInput::Packed { rows, cu_seqlens } => {
+                let w = s.embedding.input_width(s.hidden).unwrap_or(s.hidden);
                 t.push(f32_tensor(
                     format!("{n}.rows"),
-                    vec![rows.len() / s.hidden.max(1), s.hidden],
+                    vec![rows.len() / w.max(1), w],
                     rows,
                 ));
                 t.push(i32_tensor(format!("{n}.cu_seqlens"), cu_seqlens));

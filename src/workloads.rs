@@ -47,7 +47,8 @@ pub struct Workload {
     /// kernels support it: needed for the `tiny-*` presets.
     pub gpu_variant: bool,
     /// Rows entering the first layer, per stream, for every sequence (a ViT
-    /// stream's count must equal its `1 + patches`).
+    /// stream's count must equal its `1 + patches`; a stream fed by another,
+    /// METER's fusion streams, its source's).
     pub rows: &'static [usize],
     /// A cross encoder's context rows per sequence (`None` for other models).
     pub context_rows: Option<usize>,
@@ -75,12 +76,50 @@ pub const WORKLOADS: &[Workload] = &[
         about: "BLIP's ViT-B/16 image encoder at 384 px: 577 tokens from random pixels",
     },
     Workload {
+        name: "blip-itm",
+        preset: "blip",
+        gpu_variant: false,
+        rows: &[577, 40],
+        context_rows: None,
+        about: "BLIP ITM end to end at 384 px: ViT-B/16 over 577 patches from random pixels \
+                (pruned), then the 12-layer text encoder over 40 tokens cross-attending the \
+                pruned image rows, and the ITM head",
+    },
+    Workload {
+        name: "meter-full-vqa",
+        preset: "meter-full",
+        gpu_variant: false,
+        rows: &[40, 1297, 40, 1297],
+        context_rows: None,
+        about: "METER VQA end to end at 576 px: RoBERTa over 40 tokens, CLIP ViT-B/16 (11 \
+                layers) over 1297 patches, the pruned 6-layer fusion encoder, poolers and the \
+                VQA head",
+    },
+    Workload {
         name: "tiny-meter",
         preset: "tiny-meter",
         gpu_variant: true,
         rows: &[12, 17],
         context_rows: None,
         about: "tiny-meter's GPU variant (hidden 64, 2 heads, 3 layers), text 12 + image 17 rows",
+    },
+    Workload {
+        name: "tiny-blip-full",
+        preset: "tiny-blip-full",
+        gpu_variant: true,
+        rows: &[17, 12],
+        context_rows: None,
+        about: "tiny-blip-full's GPU variant (hidden 64, 2 heads): 32 px images (17 rows), \
+                then 12 text tokens over the pruned image rows, ITM head",
+    },
+    Workload {
+        name: "tiny-meter-full",
+        preset: "tiny-meter-full",
+        gpu_variant: true,
+        rows: &[12, 17, 12, 17],
+        context_rows: None,
+        about: "tiny-meter-full's GPU variant: RoBERTa 12 tokens and a CLIP ViT over 17 rows \
+                (hidden 32), the fusion encoder (hidden 64), poolers, VQA head",
     },
     Workload {
         name: "tiny-vit",
@@ -132,6 +171,22 @@ impl Workload {
                 cfg.streams.len()
             )));
         }
+        for stage in cfg.stages() {
+            if let crate::spec::StageInput::RowsFrom(srcs) = &stage.input {
+                for (&s, &src) in stage.streams.iter().zip(srcs) {
+                    if self.rows[s] != self.rows[src] {
+                        return Err(Error::Config(format!(
+                            "workload `{}`: stream `{}` takes the rows of `{}` ({}), not {}",
+                            self.name,
+                            cfg.streams[s].name,
+                            cfg.streams[src].name,
+                            self.rows[src],
+                            self.rows[s]
+                        )));
+                    }
+                }
+            }
+        }
         for (s, &n) in cfg.streams.iter().zip(self.rows) {
             if let Some(v) = s.embedding.vit_rows() {
                 if v != n {
@@ -175,12 +230,14 @@ impl Workload {
         let mut rng = Rng::new(seed ^ 0x5EED_B3AC_0000_0001);
         let cu = |n: usize| -> Vec<i32> { (0..=batch).map(|b| (b * n) as i32).collect() };
         let streams = cfg
-            .streams
-            .iter()
-            .zip(self.rows)
+            .input_streams()
+            .into_iter()
+            .map(|i| (&cfg.streams[i], &self.rows[i]))
             .map(|(s, &n)| match s.embedding {
-                EmbeddingConfig::None => StreamInput::Packed {
-                    rows: (0..batch * n * s.hidden).map(|_| rng.normal()).collect(),
+                EmbeddingConfig::None | EmbeddingConfig::Transform { .. } => StreamInput::Packed {
+                    rows: (0..batch * n * s.embedding.input_width(s.hidden).unwrap_or(s.hidden))
+                        .map(|_| rng.normal())
+                        .collect(),
                     cu_seqlens: cu(n),
                 },
                 EmbeddingConfig::Vit {
@@ -427,7 +484,12 @@ mod tests {
     /// FLOPs from the statistics equal the reference's.
     #[test]
     fn host_flops_match_the_reference() {
-        for name in ["tiny-meter", "tiny-vit"] {
+        for name in [
+            "tiny-meter",
+            "tiny-vit",
+            "tiny-blip-full",
+            "tiny-meter-full",
+        ] {
             let w = workload(name).unwrap();
             let base = w.weights(3).unwrap();
             for batch in [1, 3] {

@@ -122,6 +122,10 @@ fn round_trip(preset_name: &str, batch: usize) {
             s.packed.orig_index
         );
         assert_eq!(f32s(&got[&format!("{n}.pooled_mean")].2), s.pooled_mean);
+        match &s.pooler {
+            Some(p) => assert_eq!(&f32s(&got[&format!("{n}.pooler")].2), p, "{n}.pooler"),
+            None => assert!(!got.contains_key(&format!("{n}.pooler"))),
+        }
         for (l, r) in s.layers.iter().enumerate() {
             let p = format!("{n}.layers.{l}");
             assert_eq!(i32s(&got[&format!("{p}.kept")].2), r.kept, "{p}.kept");
@@ -142,6 +146,15 @@ fn round_trip(preset_name: &str, batch: usize) {
                 assert_eq!(&f32s(&got[&format!("{p}.self_head_logits")].2), &h.logits);
             }
         }
+    }
+    match &want.logits {
+        Some(l) => {
+            let (dt, shape, b) = &got["logits"];
+            assert_eq!(*dt, Dtype::F32);
+            assert_eq!(shape, &vec![batch, c.head.as_ref().unwrap().outputs()]);
+            assert_eq!(&f32s(b), l, "{preset_name} logits");
+        }
+        None => assert!(!got.contains_key("logits")),
     }
     let (dt, shape, fl) = &got["flops.pruned_model"];
     assert_eq!((*dt, shape.clone()), (Dtype::U64, vec![batch]));
@@ -178,6 +191,118 @@ fn round_trip_meter_co_attention() {
 #[test]
 fn round_trip_blip_cross_encoder() {
     round_trip("tiny-blip", 2);
+}
+
+#[test]
+fn round_trip_whole_blip() {
+    round_trip("tiny-blip-full", 2);
+}
+
+#[test]
+fn round_trip_whole_meter() {
+    round_trip("tiny-meter-full", 3);
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(name)
+}
+
+/// `info --model DIR` prints the derived config; `init-weights --model DIR`
+/// writes seeded pruners for it; `run --model DIR [--pruners P]` runs the
+/// checkpoint as it is and equals the library's pass.
+#[test]
+fn run_a_huggingface_directory_as_it_is() {
+    let dir = tmpdir();
+    let blip = fixture("blip");
+    let out = bin()
+        .args(["info", "--model", blip.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let derived = ModelConfig::from_json(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(derived.kind, smarttrim::spec::ModelKind::Blip);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HuggingFace Blip"));
+    let p = dir.path().join("p.safetensors");
+    let (ok, err) = run(&[
+        "init-weights",
+        "--model",
+        blip.to_str().unwrap(),
+        "--seed",
+        "3",
+        "--out",
+        p.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let input = blip.join("inputs.safetensors");
+    for pruners in [None, Some(&p)] {
+        let o = dir.path().join("o.safetensors");
+        let mut args = vec![
+            "run",
+            "--model",
+            blip.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            o.to_str().unwrap(),
+        ];
+        if let Some(p) = pruners {
+            args.extend(["--pruners", p.to_str().unwrap()]);
+        }
+        let (ok, err) = run(&args);
+        assert!(ok, "{err}");
+        let loaded =
+            smarttrim::spec::hf::load_model_dir(&blip, None, pruners.map(|p| p.as_path())).unwrap();
+        assert_eq!(
+            loaded.weights.config.streams[0]
+                .layers
+                .iter()
+                .any(|l| l.self_head_pruner.is_some()),
+            pruners.is_some()
+        );
+        let inputs = smarttrim::tensor_io::read_inputs(&loaded.weights.config, &input).unwrap();
+        let want = forward(&loaded.weights, &inputs, &ForwardOptions::default()).unwrap();
+        let got = read_all(&o);
+        assert_eq!(f32s(&got["text.rows"].2), want.streams[1].packed.rows);
+        assert_eq!(&f32s(&got["logits"].2), want.logits.as_ref().unwrap());
+    }
+    // A smarttrim directory (the converted METER checkpoint) runs the same way.
+    let meter = fixture("meter");
+    let o = dir.path().join("m.safetensors");
+    let (ok, err) = run(&[
+        "run",
+        "--model",
+        meter.to_str().unwrap(),
+        "--input",
+        meter.join("inputs.safetensors").to_str().unwrap(),
+        "--output",
+        o.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(read_all(&o)["logits"].1, vec![2, 10]);
+    // Mistakes: --weights with --model, a missing directory.
+    let (ok, err) = run(&[
+        "run",
+        "--model",
+        blip.to_str().unwrap(),
+        "--weights",
+        p.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        o.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("--model DIR holds the weights"),
+        "{err}"
+    );
+    let (ok, err) = run(&["info", "--model", "/nonexistent/dir"]);
+    assert!(!ok && err.contains("config.json"), "{err}");
 }
 
 #[test]

@@ -63,6 +63,8 @@ fn stream_bytes_by_hand(s: &StreamLayout, b: usize) -> usize {
         // embedding inputs: ids, type ids (u32), pixels (f32), patches and
         // projected patches (f16)
         + 4 * 2 * m1(s.ids) + 4 * m1(s.pixels) + 2 * (m1(s.patches) + m1(s.patch_out))
+        // an input transform's input rows, the pooler's output (f16)
+        + 2 * (m1(s.src) + m1(s.pooler))
 }
 
 #[test]
@@ -340,4 +342,76 @@ fn validate_inputs_sizes_like_prepare_inputs() {
             assert_eq!(v.rows.is_empty(), embedded, "{name} stream {s}");
         }
     }
+}
+
+/// Whole models (BLIP, METER) and their tiny versions: supported as the
+/// presets are (the tiny ones through their GPU variants); a METER whose
+/// unimodal encoder has threshold pruners is not (its fusion streams'
+/// lengths must be known on the host); the workspace is one per stage plus
+/// the head's buffers, sized from the whole model's capacity.
+#[test]
+fn whole_models_are_supported_and_sized() {
+    use smarttrim::spec::{LayerConfig, TokenPrunerConfig};
+    for name in ["blip", "meter-full"] {
+        check_supported(&preset(name).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    for name in ["tiny-blip-full", "tiny-meter-full"] {
+        let raw = preset(name).unwrap();
+        assert!(matches!(
+            check_supported(&raw),
+            Err(Error::Unsupported { .. })
+        ));
+        check_supported(&gpu_variant(&raw)).unwrap_or_else(|e| panic!("{name} gpu variant: {e}"));
+    }
+    let mut m = preset("meter-full").unwrap();
+    m.streams[1].layers[5] = LayerConfig {
+        token_pruner: Some(TokenPrunerConfig {
+            rule: KeepRule::Threshold { tau: 0.5 },
+            keep_first: true,
+            hidden: None,
+        }),
+        ..LayerConfig::default()
+    };
+    match check_supported(&m) {
+        Err(Error::Unsupported { message, .. }) => {
+            assert!(message.contains("feeds a fusion stream"), "{message}")
+        }
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    // With a budget pruner there instead, it is supported.
+    if let Some(tp) = &mut m.streams[1].layers[5].token_pruner {
+        tp.rule = KeepRule::Budget { rho: 0.5 };
+    }
+    check_supported(&m).unwrap();
+
+    let c = preset("blip").unwrap();
+    let w = Weights::zeros(&c).unwrap();
+    let inputs = synthetic_inputs(&c, 3, 1, true);
+    let prep = prepare_inputs(&c, &embeddings(&w), &inputs, None).unwrap();
+    assert_eq!(prep.streams.len(), 2);
+    let cap = Capacity::for_inputs(&prep);
+    assert_eq!(cap.max_seqlen, vec![577, 40]);
+    let l = WorkspaceLayout::new(&c, &cap).unwrap();
+    assert_eq!(l.stages.len(), 2);
+    assert!(l.streams.is_empty());
+    // The text encoder's context holds the image encoder's unpruned rows.
+    assert_eq!(l.stages[1].context_rows, 3 * 577);
+    assert_eq!(l.stages[1].context_hidden, 768);
+    let h = l.head.unwrap();
+    assert_eq!((h.features, h.outputs_padded), (768, 8));
+    assert!(l.bytes() > l.stages.iter().map(|s| s.bytes()).sum::<usize>());
+
+    let c = preset("meter-full").unwrap();
+    let w = Weights::zeros(&c).unwrap();
+    let inputs = synthetic_inputs(&c, 2, 1, true);
+    let prep = prepare_inputs(&c, &embeddings(&w), &inputs, None).unwrap();
+    // Fusion streams take their sources' lengths.
+    assert_eq!(prep.streams[2].lengths(), prep.streams[0].lengths());
+    assert_eq!(prep.streams[3].lengths(), vec![1297, 1297]);
+    let l = WorkspaceLayout::new(&c, &Capacity::for_inputs(&prep)).unwrap();
+    assert_eq!(l.stages.len(), 3);
+    let fusion = &l.stages[2];
+    assert_eq!(fusion.streams[1].src, 2 * 1297 * 768);
+    assert_eq!(fusion.streams[0].pooler, 2 * 768);
+    assert_eq!(l.head.unwrap().outputs_padded, 3136);
 }

@@ -361,6 +361,8 @@ fn ptx_modules_export_expected_entries() {
                 "bias_residual_f16",
                 "mean_pool_f16",
                 "first_token_f16",
+                "bias_act_f16",
+                "copy_cols_f16",
             ],
         ),
         (
@@ -819,4 +821,34 @@ fn vit_shape_from_config() {
     assert_eq!(Some(s.rows_per_image()), sc.embedding.vit_rows());
     assert_eq!(s.total_rows(), 4 * s.rows_per_image());
     assert_eq!(s.d, sc.hidden);
+}
+
+/// copy_cols's validation: widths, strides and offsets multiples of 8, the
+/// columns inside the destination, buffers long enough.
+#[test]
+fn copy_cols_validation() {
+    use smarttrim::ops::{validate_copy_cols, CopyColsShape};
+    let ok = CopyColsShape {
+        rows: 3,
+        n: 16,
+        src_ld: 16,
+        dst_ld: 32,
+        dst_col: 16,
+    };
+    validate_copy_cols(ok, 48, 96).unwrap();
+    for (bad, src, dst) in [
+        (CopyColsShape { n: 12, ..ok }, 48, 96),
+        (CopyColsShape { dst_col: 20, ..ok }, 48, 96),
+        (CopyColsShape { dst_col: 24, ..ok }, 48, 96),
+        (CopyColsShape { src_ld: 8, ..ok }, 48, 96),
+        (ok, 47, 96),
+        (ok, 48, 95),
+    ] {
+        match validate_copy_cols(bad, src, dst) {
+            Err(smarttrim::Error::InvalidArgument { .. }) => {}
+            other => panic!("{bad:?} src={src} dst={dst}: {other:?}"),
+        }
+    }
+    // No rows: nothing to check against the buffers.
+    validate_copy_cols(CopyColsShape { rows: 0, ..ok }, 0, 0).unwrap();
 }

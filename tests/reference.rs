@@ -740,7 +740,7 @@ fn formats_md_json_examples_parse() {
         Weights::random(&c, 0).unwrap();
         n += 1;
     }
-    assert_eq!(n, 4);
+    assert_eq!(n, 6);
 }
 
 #[test]
@@ -892,7 +892,7 @@ fn stream_flops_from_statistics_equals_the_reference() {
             for (s, so) in out.streams.iter().enumerate() {
                 let sc = &c.streams[s];
                 let other_initial: Option<Vec<i32>> = match c.kind {
-                    ModelKind::Encoder => None,
+                    ModelKind::Encoder | ModelKind::Blip | ModelKind::Meter => None,
                     ModelKind::CoAttention => Some(out.streams[1 - s].layers[0].rows_in.clone()),
                     ModelKind::CrossEncoder { .. } => context.clone(),
                 };
@@ -922,7 +922,7 @@ fn stream_flops_from_statistics_equals_the_reference() {
                             active_self_heads: &r.active_self_heads,
                             active_cross_heads: &r.active_cross_heads,
                             other_rows: match c.kind {
-                                ModelKind::Encoder => None,
+                                ModelKind::Encoder | ModelKind::Blip | ModelKind::Meter => None,
                                 ModelKind::CoAttention => {
                                     Some(&out.streams[1 - s].layers[l].kept[..])
                                 }
@@ -984,5 +984,130 @@ fn check_inputs_matches_embed_inputs() {
         let a = embed_inputs(&c, &emb, &bad).unwrap_err().to_string();
         let b = check_inputs(&c, &emb, &bad).unwrap_err().to_string();
         assert_eq!(a, b, "{name}");
+    }
+}
+
+/// Whole models (BLIP, METER): the host accounting from statistics
+/// (`flops_from_stats`, what the GPU pass and the bench use) equals the
+/// reference's FLOPs, pruned and dense; a budget schedule's statistics and
+/// FLOPs are predicted on the host from the input lengths alone (a fusion
+/// stream's length entry is not used: it takes its source's rows).
+#[test]
+fn whole_model_flops_and_budget_stats_match_the_reference() {
+    use smarttrim::spec::schedule::{
+        budget_config, budget_flops, budget_stats, flops_from_stats, Lengths,
+    };
+    for name in ["tiny-blip-full", "tiny-meter-full"] {
+        let c = preset(name).unwrap();
+        let inputs = smarttrim::reference::synthetic_inputs(&c, 4, 4, true);
+        let lengths_of = |out: &smarttrim::reference::Outputs| Lengths {
+            streams: out
+                .streams
+                .iter()
+                .enumerate()
+                .map(|(s, so)| {
+                    let fed = c.input_streams().contains(&s);
+                    so.layers[0]
+                        .rows_in
+                        .iter()
+                        .map(|&n| if fed { n as usize } else { 0 })
+                        .collect()
+                })
+                .collect(),
+            context: None,
+        };
+        let w = Weights::random(&c, 3).unwrap();
+        for dense in [false, true] {
+            let out = forward(&w, &inputs, &ForwardOptions { dense }).unwrap();
+            let stats = out.stats();
+            assert_eq!(stats.len(), c.max_layers(), "{name}");
+            let f = flops_from_stats(&c, &lengths_of(&out), &stats, dense).unwrap();
+            assert_eq!(f, out.flops, "{name} dense={dense}");
+            if !dense {
+                assert!(out.flops.iter().all(|x| x.pruned.model < x.dense.model));
+            }
+        }
+        let bc = budget_config(&c, 0.6);
+        let bw = Weights::random(&bc, 3).unwrap();
+        let out = forward(&bw, &inputs, &ForwardOptions::default()).unwrap();
+        let lengths = lengths_of(&out);
+        assert_eq!(budget_stats(&bc, &lengths).unwrap(), out.stats(), "{name}");
+        assert_eq!(budget_flops(&bc, &lengths).unwrap(), out.flops, "{name}");
+    }
+}
+
+/// A whole model is its stages: BLIP's text encoder run on its own as a
+/// cross encoder over the whole pass's final image rows (pruned, after the
+/// final LN) gives the whole pass's text results bitwise, so its pruners and
+/// cross-attention saw the pruned image rows; METER's fusion encoder run on
+/// its own on the unimodal encoders' final rows gives the fusion results.
+#[test]
+fn whole_models_compose_their_stages() {
+    use smarttrim::spec::StageInput;
+    for name in ["tiny-blip-full", "tiny-meter-full"] {
+        let c = preset(name).unwrap();
+        let w = Weights::random(&c, 11).unwrap();
+        let inputs = smarttrim::reference::synthetic_inputs(&c, 3, 12, true);
+        let out = forward(&w, &inputs, &ForwardOptions::default()).unwrap();
+        let input_streams = c.input_streams();
+        let mut pruned_somewhere = false;
+        for stage in c.stages() {
+            let sw = Weights {
+                config: stage.config.clone(),
+                streams: stage
+                    .streams
+                    .iter()
+                    .map(|&s| w.streams[s].clone())
+                    .collect(),
+                head: None,
+            };
+            let streams: Vec<StreamInput> = stage
+                .streams
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| match &stage.input {
+                    StageInput::RowsFrom(srcs) => {
+                        let p = &out.streams[srcs[i]].packed;
+                        StreamInput::Packed {
+                            rows: p.rows.clone(),
+                            cu_seqlens: p.cu_seqlens.clone(),
+                        }
+                    }
+                    _ => {
+                        let j = input_streams.iter().position(|&x| x == s).unwrap();
+                        inputs.streams[j].clone()
+                    }
+                })
+                .collect();
+            let context = match stage.input {
+                StageInput::ContextFrom(src) => {
+                    let p = &out.streams[src].packed;
+                    let total = p.cu_seqlens[p.cu_seqlens.len() - 1] as usize;
+                    pruned_somewhere |=
+                        total < out.streams[src].layers[0].rows_in.iter().sum::<i32>() as usize;
+                    Some((p.rows.clone(), p.cu_seqlens.clone()))
+                }
+                _ => None,
+            };
+            let alone = forward(
+                &sw,
+                &Inputs { streams, context },
+                &ForwardOptions::default(),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            for (i, &s) in stage.streams.iter().enumerate() {
+                let (a, b) = (&alone.streams[i], &out.streams[s]);
+                assert_eq!(a.packed, b.packed, "{name} stream `{}`", b.name);
+                assert_eq!(a.layers, b.layers, "{name} stream `{}` records", b.name);
+                assert_eq!(a.pooler, b.pooler, "{name} stream `{}` pooler", b.name);
+            }
+        }
+        if name == "tiny-blip-full" {
+            assert!(
+                pruned_somewhere,
+                "the image encoder pruned rows before the text encoder"
+            );
+        }
+        assert!(out.logits.is_some());
     }
 }

@@ -27,7 +27,8 @@ pub enum DeviceChoice {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Built-in model (meter, blip-vit, blip-text, bert-base, tiny-*).
+    /// Built-in model (meter, blip, meter-full, blip-vit, blip-text,
+    /// bert-base, tiny-*).
     #[arg(long, default_value = "meter", conflicts_with = "config")]
     pub preset: String,
     /// A model config (JSON; see docs/FORMATS.md) instead of a preset.
@@ -77,6 +78,9 @@ struct StreamRow {
 
 #[derive(Debug, Serialize)]
 struct LayerRow {
+    /// The stage of a whole model (BLIP: image encoder, then text encoder;
+    /// METER: text encoder, image encoder, fusion); 0 for other models.
+    stage: usize,
     layer: usize,
     streams: Vec<StreamRow>,
     model_flops: u64,
@@ -247,12 +251,6 @@ fn build_report(
     pruned_ms: f64,
     dense_ms: f64,
 ) -> Report {
-    let n_layers = pruned
-        .streams
-        .iter()
-        .map(|s| s.layers.len())
-        .max()
-        .unwrap_or(0);
     let sum = |v: &[i32]| v.iter().map(|&x| x as i64).sum::<i64>();
     let mean = |v: &[i32]| {
         if v.is_empty() {
@@ -261,16 +259,25 @@ fn build_report(
             sum(v) as f64 / v.len() as f64
         }
     };
-    let layers = (0..n_layers)
-        .map(|l| {
+    let stages = config.stages();
+    let layers = stages
+        .iter()
+        .enumerate()
+        .flat_map(|(st, stage)| {
+            let n = stage.config.streams.first().map_or(0, |s| s.layers.len());
+            (0..n).map(move |l| (st, stage, l))
+        })
+        .map(|(st, stage, l)| {
             let mut row = LayerRow {
+                stage: st,
                 layer: l,
                 streams: Vec::new(),
                 model_flops: 0,
                 executed_flops: 0,
                 dense_flops: 0,
             };
-            for (si, s) in pruned.streams.iter().enumerate() {
+            for &si in &stage.streams {
+                let s = &pruned.streams[si];
                 let Some(rec) = s.layers.get(l) else { continue };
                 let has_cross = rec.active_cross_heads.iter().any(|&c| c > 0);
                 row.streams.push(StreamRow {
@@ -315,28 +322,29 @@ fn build_report(
 }
 
 fn print_table(r: &Report) -> std::io::Result<()> {
-    let names: Vec<String> = r
-        .layers
-        .first()
-        .map(|l| l.streams.iter().map(|s| s.name.clone()).collect())
-        .unwrap_or_default();
-    outln!()?;
-    let mut header = format!("{:>5}", "layer");
-    for n in &names {
-        header.push_str(&format!(
-            " | {:>13} {:>6} {:>6}",
-            format!("{n} rows"),
-            "self-h",
-            "cross-h"
-        ));
-    }
-    header.push_str(&format!(
-        " | {:>8} {:>8} | {:>9}",
-        "model", "executed", "dense"
-    ));
-    outln!("{header}")?;
-    outln!("{}", "-".repeat(header.len()))?;
+    let mut last_stage = None;
     for l in &r.layers {
+        if last_stage != Some(l.stage) {
+            // A header per stage (one for basic models).
+            last_stage = Some(l.stage);
+            let names: Vec<String> = l.streams.iter().map(|s| s.name.clone()).collect();
+            outln!()?;
+            let mut header = format!("{:>5}", "layer");
+            for n in &names {
+                header.push_str(&format!(
+                    " | {:>13} {:>6} {:>6}",
+                    format!("{n} rows"),
+                    "self-h",
+                    "cross-h"
+                ));
+            }
+            header.push_str(&format!(
+                " | {:>8} {:>8} | {:>9}",
+                "model", "executed", "dense"
+            ));
+            outln!("{header}")?;
+            outln!("{}", "-".repeat(header.len()))?;
+        }
         let mut line = format!("{:>5}", l.layer);
         for s in &l.streams {
             let cross = s.cross_heads.map_or("-".to_string(), |c| format!("{c:.1}"));

@@ -89,5 +89,6 @@ pub fn to_outputs(gpu: GpuOutputs) -> Outputs {
     Outputs {
         streams: gpu.streams,
         flops: gpu.flops,
+        logits: gpu.logits,
     }
 }

@@ -9,9 +9,55 @@ pub struct InfoArgs {
     /// Also list every kernel's registers, shared memory and spills (ptxas -v).
     #[arg(long)]
     pub kernels: bool,
+    /// Instead: print the config smarttrim derives from a model directory
+    /// (HuggingFace `config.json` + `model.safetensors`, or a smarttrim one)
+    /// as JSON on stdout (a summary on stderr), to edit and pass to
+    /// `run --model DIR --config C.json`.
+    #[arg(long, conflicts_with = "kernels")]
+    pub model: Option<std::path::PathBuf>,
+}
+
+fn model_info(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use smarttrim::spec::hf::{self, DirFormat};
+    let (format, cfg) = hf::read_dir_config(dir)
+        .with_context(|| format!("reading the model directory {}", dir.display()))?;
+    let what = match format {
+        DirFormat::HuggingFace(f) => format!("a HuggingFace {f:?} checkpoint"),
+        DirFormat::Smarttrim => "a smarttrim model".into(),
+    };
+    eprintln!("{}: {what}, kind {:?}", dir.display(), cfg.kind);
+    for s in &cfg.streams {
+        eprintln!(
+            "  stream `{}`: {} layers, hidden {}, {} heads, ffn {}, {:?}, embedding {:?}",
+            s.name,
+            s.layers.len(),
+            s.hidden,
+            s.heads,
+            s.ffn,
+            s.activation,
+            s.embedding
+        );
+    }
+    if let Some(h) = &cfg.head {
+        eprintln!("  head: {h:?}");
+    }
+    eprintln!(
+        "  inputs: {}",
+        cfg.input_streams()
+            .iter()
+            .map(|&s| cfg.streams[s].name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    outln!("{}", cfg.to_json()?)?;
+    Ok(())
 }
 
 pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.model {
+        return model_info(dir);
+    }
     outln!("smarttrim {}", env!("CARGO_PKG_VERSION"))?;
     outln!()?;
     outln!("toolchain")?;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use smarttrim::reference::{forward, ForwardOptions};
+use smarttrim::spec::hf::{self, DirFormat};
 use smarttrim::spec::{preset, ModelConfig, Weights};
 use smarttrim::tensor_io;
 
@@ -26,12 +27,19 @@ fn load_config(
 
 #[derive(Debug, Args)]
 pub struct InitWeightsArgs {
-    /// Model config (JSON; docs/FORMATS.md).
+    /// Model config (JSON; docs/FORMATS.md). With --model: where the pruners
+    /// go (the directory's backbone with its own pruner placement).
     #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
     /// A built-in model instead of a config file.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model")]
     pub preset: Option<String>,
+    /// A model directory (HuggingFace `config.json` + `model.safetensors`, or
+    /// a smarttrim one): write seeded *pruner* weights only, for its
+    /// backbone, placed as the presets place them (or as --config says),
+    /// with the config in the file's metadata, for `run --pruners`.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -41,6 +49,43 @@ pub struct InitWeightsArgs {
 }
 
 pub fn init_weights(args: &InitWeightsArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.model {
+        let (_, derived) = hf::read_dir_config(dir)
+            .with_context(|| format!("reading the model directory {}", dir.display()))?;
+        let config = match &args.config {
+            Some(p) => {
+                let c = ModelConfig::from_file(p)?;
+                if !hf::same_backbone(&c, &derived) {
+                    bail!(
+                        "{} does not describe the backbone of {} (`smarttrim info --model {}` \
+                         prints it)",
+                        p.display(),
+                        dir.display(),
+                        dir.display()
+                    );
+                }
+                c
+            }
+            None => derived.with_default_pruners(),
+        };
+        let w = Weights::random(&config, args.seed)?;
+        let bytes = hf::pruner_file_bytes(&w)?;
+        tensor_io::write_atomic(&args.out, &bytes)?;
+        let n = w
+            .tensors()
+            .iter()
+            .filter(|(n, _, _)| n.contains("_pruner."))
+            .count();
+        eprintln!(
+            "wrote {} ({n} pruner tensors for {}, seed {}; run with --model {} --pruners {})",
+            args.out.display(),
+            dir.display(),
+            args.seed,
+            dir.display(),
+            args.out.display()
+        );
+        return Ok(());
+    }
     let config = load_config(&args.config, &args.preset)?;
     let w = Weights::random(&config, args.seed)?;
     tensor_io::write_atomic(&args.out, &w.to_safetensors_bytes()?)?;
@@ -53,17 +98,58 @@ pub fn init_weights(args: &InitWeightsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The weights `run` uses: a model directory (its config, or --config, or
+/// the pruner file's), or a config / preset with a weights file; pruner
+/// tensors from --pruners in either case.
+fn load_run_weights(args: &RunArgs) -> anyhow::Result<Weights> {
+    let pruners = args.pruners.as_deref();
+    if let Some(dir) = &args.model {
+        if args.weights.is_some() {
+            bail!("--model DIR holds the weights; give --weights only with --config or --preset");
+        }
+        let config = args
+            .config
+            .as_ref()
+            .map(ModelConfig::from_file)
+            .transpose()?;
+        let loaded = hf::load_model_dir(dir, config.as_ref(), pruners)
+            .with_context(|| format!("loading the model directory {}", dir.display()))?;
+        let what = match loaded.format {
+            DirFormat::HuggingFace(f) => format!("HuggingFace {f:?} checkpoint"),
+            DirFormat::Smarttrim => "smarttrim model".into(),
+        };
+        eprintln!("loaded {} ({what})", dir.display());
+        return Ok(loaded.weights);
+    }
+    let config = load_config(&args.config, &args.preset)?;
+    let Some(wpath) = &args.weights else {
+        bail!("give --weights W.safetensors with --config or --preset (or --model DIR)");
+    };
+    hf::load_weights_files(&config, wpath, pruners)
+        .with_context(|| format!("loading weights {}", wpath.display()))
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Model config (JSON; docs/FORMATS.md).
+    /// Model config (JSON; docs/FORMATS.md). With --model: the config to run
+    /// the directory's backbone with (e.g. its pruners), which must match it.
     #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
     /// A built-in model instead of a config file.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model")]
     pub preset: Option<String>,
-    /// Weights (safetensors).
+    /// A model directory: HuggingFace (`config.json` + `model.safetensors`,
+    /// as published: BERT, RoBERTa, ViT, CLIP vision, BLIP) or smarttrim
+    /// (e.g. a converted METER checkpoint).
     #[arg(long)]
-    pub weights: PathBuf,
+    pub model: Option<PathBuf>,
+    /// Weights (safetensors, smarttrim names) for --config / --preset.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Pruner weights (safetensors, smarttrim names), e.g. from
+    /// `init-weights --model DIR`; its metadata may carry the config.
+    #[arg(long)]
+    pub pruners: Option<PathBuf>,
     /// Inputs (safetensors; names in docs/FORMATS.md).
     #[arg(long)]
     pub input: PathBuf,
@@ -82,9 +168,8 @@ pub struct RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
-    let config = load_config(&args.config, &args.preset)?;
-    let weights = Weights::load(&config, &args.weights)
-        .with_context(|| format!("loading weights {}", args.weights.display()))?;
+    let weights = load_run_weights(args)?;
+    let config = weights.config.clone();
     let inputs = tensor_io::read_inputs(&config, &args.input)
         .with_context(|| format!("reading inputs {}", args.input.display()))?;
     let gpu = match args.device {

@@ -159,6 +159,14 @@ impl GpuModel {
         outputs: &mut [DeviceStreamOutput<'_>],
         opts: &GpuForwardOptions,
     ) -> Result<DevicePass> {
+        if self.config.is_composite() {
+            return Err(Error::Unsupported {
+                op: OP,
+                message: "a whole model (BLIP, METER) embeds its inputs and hands rows between \
+                          its stages on the device; use GpuModel::forward"
+                    .into(),
+            });
+        }
         let cfg = &self.config;
         let ns = cfg.streams.len();
         if WorkspaceLayout::new(cfg, &ws.capacity)? != ws.layout {
@@ -248,7 +256,9 @@ impl GpuModel {
         let shape = PassShape {
             batch,
             lengths,
-            context: context.as_ref().map(|(_, l, d)| (l.clone(), *d)),
+            context: context
+                .as_ref()
+                .map(|(_, l, d)| super::forward::ContextShape::known(l.clone(), *d)),
             // The caller hands embedded rows: no embedding runs.
             sources: vec![Source::Rows; ns],
         };

@@ -12,20 +12,21 @@ use super::workspace::{GraphEntry, GraphKey, StreamWs, Workspace, WorkspaceLayou
 use super::{GpuForwardOptions, GpuOutputs, SyncPolicy};
 use crate::device::Device;
 use crate::ops::{
-    bert_embed, bias_gelu, bias_residual, build_active_heads, compact, cross_attention,
+    bert_embed, bias_act, bias_gelu, bias_residual, build_active_heads, compact, cross_attention,
     first_token, head_scores, layer_norm_ext, mean_pool, self_attention, token_scores,
-    vit_assemble, vit_patchify, AttentionShape, BertEmbedInputs, BertEmbedOutputs, BertEmbedShape,
-    BertEmbedTables, Blas, BlasWorkspace, ColsShape, CompactInputs, CompactOutputs, CompactShape,
-    Epilogue, HeadPrunerDev, HeadScoreOutputs, HeadScoreWorkspace, HeadSelection, KeepRuleDev,
-    LayerNormExtras, LayerNormShape, LinearShape, LnDev, OtherStream, PoolOut, PoolShape,
-    PrunerInput, TokenPrunerDev, TokenScoreOutputs, TokenScoreWorkspace, VitAssembleInputs,
-    VitEmbedOutputs, VitEmbedShape,
+    vit_assemble, vit_patchify, Act, AttentionShape, BertEmbedInputs, BertEmbedOutputs,
+    BertEmbedShape, BertEmbedTables, Blas, BlasWorkspace, ColsShape, CompactInputs, CompactOutputs,
+    CompactShape, Epilogue, HeadPrunerDev, HeadScoreOutputs, HeadScoreWorkspace, HeadSelection,
+    KeepRuleDev, LayerNormExtras, LayerNormShape, LinearShape, LnDev, OtherStream, PoolOut,
+    PoolShape, PrunerInput, TokenPrunerDev, TokenScoreOutputs, TokenScoreWorkspace,
+    VitAssembleInputs, VitEmbedOutputs, VitEmbedShape,
 };
 use crate::reference::model::{Inputs, StreamInput};
 use crate::reference::{HeadRecord, LayerRecord, Packed, StreamOutput};
 use crate::spec::flops::{stream_flops, LayerRun};
 use crate::spec::{
-    HeadPrunerConfig, KeepRule, LayerConfig, ModelConfig, ModelKind, SequenceFlops, StreamConfig,
+    Activation, HeadPrunerConfig, KeepRule, LayerConfig, ModelConfig, ModelKind, SequenceFlops,
+    StreamConfig,
 };
 use crate::{Error, Result};
 
@@ -37,10 +38,37 @@ pub(crate) struct PassShape {
     pub(crate) batch: usize,
     /// Per stream: every sequence's length entering the first layer.
     pub(crate) lengths: Vec<Vec<i32>>,
-    /// A cross encoder's context: sequence lengths and width.
-    pub(crate) context: Option<(Vec<i32>, usize)>,
+    /// A cross encoder's context.
+    pub(crate) context: Option<ContextShape>,
     /// Per stream: what the pass starts from.
     pub(crate) sources: Vec<Source>,
+}
+
+/// A cross encoder's context as the host sees it: per-sequence lengths when
+/// it knows them (an uploaded context), else bounds (BLIP's text encoder
+/// attending the image encoder's pruned rows, which stay on the device).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ContextShape {
+    /// Every sequence's length, when known on the host.
+    pub(crate) lengths: Option<Vec<i32>>,
+    /// Host bound on the total rows (exact when `lengths` is known).
+    pub(crate) rows: usize,
+    /// Host bound on any sequence's length.
+    pub(crate) max_seqlen: usize,
+    /// Row width.
+    pub(crate) d: usize,
+}
+
+impl ContextShape {
+    /// A context whose lengths the host knows.
+    pub(crate) fn known(lengths: Vec<i32>, d: usize) -> Self {
+        ContextShape {
+            rows: lengths.iter().map(|&n| n.max(0) as usize).sum(),
+            max_seqlen: lengths.iter().copied().max().unwrap_or(0).max(0) as usize,
+            lengths: Some(lengths),
+            d,
+        }
+    }
 }
 
 /// What a stream's pass starts from in the workspace's first buffers.
@@ -60,7 +88,10 @@ impl PassShape {
         PassShape {
             batch: prep.batch,
             lengths: prep.streams.iter().map(|p| p.lengths()).collect(),
-            context: prep.context.as_ref().map(|c| (c.lengths(), c.d)),
+            context: prep
+                .context
+                .as_ref()
+                .map(|c| ContextShape::known(c.lengths(), c.d)),
             sources: inputs
                 .streams
                 .iter()
@@ -89,6 +120,9 @@ pub(crate) struct PassEnd {
     ran: Vec<Vec<[bool; 3]>>,
     /// Blocking host waits inside the pass.
     syncs: usize,
+    /// Per stream: every sequence's final length, when the host knows it
+    /// (no pruner, or budget-rule pruners only).
+    known: Vec<Option<Vec<i32>>>,
 }
 
 impl PassEnd {
@@ -102,6 +136,16 @@ impl PassEnd {
     pub(crate) fn syncs(&self) -> usize {
         self.syncs
     }
+
+    /// The host's bound on any of stream `s`'s final sequences' lengths.
+    pub(crate) fn final_max_seqlen(&self, s: usize) -> usize {
+        self.cur[s].max_seqlen()
+    }
+
+    /// Stream `s`'s final lengths, when the host knows them.
+    pub(crate) fn known_lengths(&self, s: usize) -> Option<&[i32]> {
+        self.known.get(s).and_then(|k| k.as_deref())
+    }
 }
 
 /// One layer of one stream: per sequence, rows entering and kept, active
@@ -112,6 +156,65 @@ pub(crate) struct LayerCounts {
     pub(crate) kept: Vec<i32>,
     pub(crate) active_self_heads: Vec<i32>,
     pub(crate) active_cross_heads: Vec<i32>,
+}
+
+/// One stream's input into its first buffers (see [`upload`]); `p` is its
+/// validated view (`orig_index` of packed rows).
+pub(super) fn upload_stream(
+    dev: &Device,
+    sc: &StreamConfig,
+    inp: &StreamInput,
+    p: &Packed,
+    w: &mut StreamWs,
+) -> Result<()> {
+    let stream = dev.stream();
+    match inp {
+        StreamInput::Packed { rows, cu_seqlens } => {
+            let rows16 = to_f16(rows);
+            // An input transform's rows go to `src`, the others enter the
+            // first layer as they are.
+            let dst = match sc.embedding {
+                crate::spec::EmbeddingConfig::Transform { .. } => &mut w.src,
+                _ => &mut w.x[0],
+            };
+            if !rows16.is_empty() {
+                stream
+                    .memcpy_htod(&rows16, dst)
+                    .map_err(drv("uploading input rows"))?;
+                stream
+                    .memcpy_htod(&p.orig_index, &mut w.orig[0])
+                    .map_err(drv("uploading orig_index"))?;
+            }
+            stream
+                .memcpy_htod(cu_seqlens, &mut w.cu[0])
+                .map_err(drv("uploading cu_seqlens"))?;
+        }
+        StreamInput::Tokens {
+            ids,
+            type_ids,
+            cu_seqlens,
+        } => {
+            if !ids.is_empty() {
+                stream
+                    .memcpy_htod(ids, &mut w.ids)
+                    .map_err(drv("uploading token ids"))?;
+                if let Some(t) = type_ids {
+                    stream
+                        .memcpy_htod(t, &mut w.type_ids)
+                        .map_err(drv("uploading type ids"))?;
+                }
+            }
+            stream
+                .memcpy_htod(cu_seqlens, &mut w.cu[0])
+                .map_err(drv("uploading cu_seqlens"))?;
+        }
+        StreamInput::Pixels { pixels, .. } => {
+            stream
+                .memcpy_htod(pixels, &mut w.pixels)
+                .map_err(drv("uploading pixels"))?;
+        }
+    }
+    Ok(())
 }
 
 /// f32 rows as f16 (round to nearest even), converted in parallel chunks
@@ -131,54 +234,22 @@ fn to_f16(v: &[f32]) -> Vec<f16> {
 /// packed rows as f16 with their `orig_index` and `cu_seqlens`, token and
 /// type ids with `cu_seqlens`, pixels as they are (f32); the context. The
 /// embeddings then run on the device at the start of the pass.
-fn upload(dev: &Device, ws: &mut Workspace, inputs: &Inputs, prep: &PreparedInputs) -> Result<()> {
+fn upload(
+    dev: &Device,
+    cfg: &ModelConfig,
+    ws: &mut Workspace,
+    inputs: &Inputs,
+    prep: &PreparedInputs,
+) -> Result<()> {
     let stream = dev.stream();
-    for ((inp, p), w) in inputs
+    for (((inp, p), w), sc) in inputs
         .streams
         .iter()
         .zip(&prep.streams)
         .zip(ws.streams.iter_mut())
+        .zip(&cfg.streams)
     {
-        match inp {
-            StreamInput::Packed { rows, cu_seqlens } => {
-                let rows16 = to_f16(rows);
-                if !rows16.is_empty() {
-                    stream
-                        .memcpy_htod(&rows16, &mut w.x[0])
-                        .map_err(drv("uploading input rows"))?;
-                    stream
-                        .memcpy_htod(&p.orig_index, &mut w.orig[0])
-                        .map_err(drv("uploading orig_index"))?;
-                }
-                stream
-                    .memcpy_htod(cu_seqlens, &mut w.cu[0])
-                    .map_err(drv("uploading cu_seqlens"))?;
-            }
-            StreamInput::Tokens {
-                ids,
-                type_ids,
-                cu_seqlens,
-            } => {
-                if !ids.is_empty() {
-                    stream
-                        .memcpy_htod(ids, &mut w.ids)
-                        .map_err(drv("uploading token ids"))?;
-                    if let Some(t) = type_ids {
-                        stream
-                            .memcpy_htod(t, &mut w.type_ids)
-                            .map_err(drv("uploading type ids"))?;
-                    }
-                }
-                stream
-                    .memcpy_htod(cu_seqlens, &mut w.cu[0])
-                    .map_err(drv("uploading cu_seqlens"))?;
-            }
-            StreamInput::Pixels { pixels, .. } => {
-                stream
-                    .memcpy_htod(pixels, &mut w.pixels)
-                    .map_err(drv("uploading pixels"))?;
-            }
-        }
+        upload_stream(dev, sc, inp, p, w)?;
     }
     if let Some(c) = &prep.context {
         let rows16 = to_f16(&c.rows);
@@ -276,7 +347,8 @@ fn other_of<'a>(
     ctx: Option<ContextRef<'a>>,
 ) -> Option<OtherRef<'a>> {
     match cfg.kind {
-        ModelKind::Encoder => None,
+        // Whole models run as stages of the basic kinds.
+        ModelKind::Encoder | ModelKind::Blip | ModelKind::Meter => None,
         ModelKind::CoAttention => o.map(|o| {
             let c = cur[1 - s];
             OtherRef {
@@ -339,20 +411,20 @@ fn split(v: &mut [StreamWs], s: usize) -> (&mut StreamWs, Option<&StreamWs>) {
     }
 }
 
-fn drv(what: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
+pub(super) fn drv(what: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
     move |e| Error::driver(what, e)
 }
 
 /// The cuBLASLt handle with the stream and workspace of this pass.
-struct Lin<'a> {
-    blas: &'a Blas,
-    dev: &'a Device,
-    lt: &'a BlasWorkspace,
+pub(super) struct Lin<'a> {
+    pub(super) blas: &'a Blas,
+    pub(super) dev: &'a Device,
+    pub(super) lt: &'a BlasWorkspace,
 }
 
 /// `y = x W^T (+ b)` on the first `rows` rows.
 #[allow(clippy::too_many_arguments)]
-fn linear(
+pub(super) fn linear(
     blas: &Lin<'_>,
     rows: usize,
     k: usize,
@@ -431,6 +503,22 @@ fn ln(
     )
 }
 
+/// The FFN's `act(x + b1)` in place: erf GELU (the `bias_gelu` kernel) or
+/// the stream's other activation (`bias_act`).
+fn ffn_activation(
+    dev: &Device,
+    sc: &StreamConfig,
+    shape: ColsShape,
+    x: &mut CudaSlice<f16>,
+    bias: &CudaSlice<f16>,
+    nd: &CudaView<'_, i32>,
+) -> Result<()> {
+    match sc.activation {
+        Activation::Gelu => bias_gelu(dev, shape, x, bias, Some(nd)),
+        act => bias_act(dev, shape, act.into(), x, Some(bias), Some(nd)),
+    }
+}
+
 fn ln_dev(l: &DevLn) -> LnDev<'_> {
     LnDev {
         gamma: &l.gamma,
@@ -494,6 +582,9 @@ impl GpuModel {
     ) -> Result<GpuOutputs> {
         const FWD: &str = "GpuModel::forward";
         let cfg = &self.config;
+        if cfg.is_composite() {
+            return self.forward_composite(stream, ws, inputs, opts);
+        }
         if WorkspaceLayout::new(cfg, &ws.capacity)? != ws.layout {
             return Err(Error::invalid(
                 FWD,
@@ -511,7 +602,7 @@ impl GpuModel {
         let prep = validate_inputs(cfg, &self.embeddings, inputs, Some(&ws.capacity))?;
         let dev = self.dev.on_stream(stream.clone())?;
         let shape = PassShape::of(&prep, inputs);
-        upload(&dev, ws, inputs, &prep)?;
+        upload(&dev, cfg, ws, inputs, &prep)?;
         ws.events
             .0
             .record(dev.stream())
@@ -521,11 +612,43 @@ impl GpuModel {
         } else {
             self.enqueue(&dev, ws, &shape, opts)?
         };
+        // A task head on the streams' features (outside any graph).
+        {
+            let Workspace {
+                streams: sws,
+                head,
+                blas,
+                ..
+            } = &mut *ws;
+            let feats: Vec<(&CudaSlice<f16>, usize)> = sws
+                .iter()
+                .zip(&self.streams)
+                .zip(&cfg.streams)
+                .map(|((w, ds), sc)| {
+                    let buf = if ds.pooler.is_some() {
+                        &w.pooler
+                    } else {
+                        &w.pooled_first
+                    };
+                    (buf, sc.hidden)
+                })
+                .collect();
+            self.enqueue_head(&dev, blas, head.as_mut(), &feats, shape.batch)?;
+        }
         ws.events
             .1
             .record(dev.stream())
             .map_err(drv("recording the end event"))?;
-        self.readback(&dev, ws, &shape, &end, opts)
+        let mut out = self.readback(&dev, ws, &shape, &end, opts)?;
+        out.logits = self.read_logits(&dev, ws.head.as_ref(), shape.batch)?;
+        if out.logits.is_some() {
+            let hf = crate::spec::flops::head_flops(cfg);
+            for t in &mut out.flops {
+                t.pruned += hf;
+                t.dense += hf;
+            }
+        }
+        Ok(out)
     }
 
     /// Whether a pass under `opts` has no blocking host wait inside, so it
@@ -564,7 +687,7 @@ impl GpuModel {
             dense: opts.dense,
             sync: opts.sync,
             lengths: shape.lengths.clone(),
-            context: shape.context.as_ref().map(|(l, _)| l.clone()),
+            context: shape.context.clone(),
         };
         if let Some(i) = ws.graphs.iter().position(|(k, _)| *k == key) {
             let entry = ws.graphs.remove(i);
@@ -655,13 +778,7 @@ impl GpuModel {
             .collect();
         // Per stream: every sequence's current length, while the host knows it.
         let mut known: Vec<Option<Vec<i32>>> = shape.lengths.iter().cloned().map(Some).collect();
-        let ctx_info = shape.context.as_ref().map(|(l, d)| {
-            (
-                l.iter().map(|&n| n.max(0) as usize).sum::<usize>(),
-                l.iter().copied().max().unwrap_or(0).max(0) as usize,
-                *d,
-            )
-        });
+        let ctx_info = shape.context.as_ref().map(|c| (c.rows, c.max_seqlen, c.d));
         // Embeddings on the device.
         for (s, w) in sws.iter_mut().enumerate() {
             self.embed(dev, lt, s, w, batch, cur[s].rows, shape.sources[s])?;
@@ -908,9 +1025,27 @@ impl GpuModel {
                 &cu_v,
                 PoolOut::F32(&mut w.pooled_mean),
             )?;
+            if let Some(p) = &self.streams[s].pooler {
+                // tanh(W x_0 + b) on the first rows.
+                let blas = Lin {
+                    blas: &self.blas,
+                    dev,
+                    lt,
+                };
+                linear(&blas, batch, d, d, &w.pooled_first, p, true, &mut w.pooler)?;
+                bias_act(
+                    dev,
+                    ColsShape { rows: batch, n: d },
+                    Act::Tanh,
+                    &mut w.pooler,
+                    None::<&CudaSlice<f16>>,
+                    None::<&CudaSlice<i32>>,
+                )?;
+            }
         }
 
         Ok(PassEnd {
+            known,
             cur,
             fin,
             ran,
@@ -919,7 +1054,7 @@ impl GpuModel {
     }
 
     /// Waits for the pass and copies its results to the host.
-    fn readback(
+    pub(super) fn readback(
         &self,
         dev: &Device,
         ws: &mut Workspace,
@@ -983,6 +1118,15 @@ impl GpuModel {
             let pm: Vec<f32> = stream
                 .clone_dtoh(&w.pooled_mean.slice(0..batch * d))
                 .map_err(drv("reading pooled rows"))?;
+            let pooler: Option<Vec<f32>> = match &self.streams[s].pooler {
+                None => None,
+                Some(_) => {
+                    let p: Vec<f16> = stream
+                        .clone_dtoh(&w.pooler.slice(0..batch * d))
+                        .map_err(drv("reading the pooler's output"))?;
+                    Some(p.iter().map(|v| v.to_f32()).collect())
+                }
+            };
             let any_token = ran.iter().any(|x| x[s][0]);
             let any_head = ran.iter().any(|x| x[s][1] || x[s][2]);
             let (score_log, keep_log) = if any_token {
@@ -1064,6 +1208,7 @@ impl GpuModel {
                 },
                 pooled_first: pf.iter().map(|v| v.to_f32()).collect(),
                 pooled_mean: pm,
+                pooler,
                 layers,
                 flops: Vec::new(),
             });
@@ -1081,6 +1226,7 @@ impl GpuModel {
             policy: opts.sync,
             graph: opts.graph,
             flops,
+            logits: None,
         })
     }
 
@@ -1100,6 +1246,34 @@ impl GpuModel {
     ) -> Result<()> {
         let sc = &self.config.streams[s];
         match (&self.streams[s].embedding, source) {
+            // An input transform: the uploaded (or handed-on) rows `src`
+            // `[total, D_in]` -> x[0] `[total, D]`, bias and type vector in
+            // one epilogue; cu_seqlens[0] and orig_index[0] are already set.
+            (
+                DevEmbedding::Transform {
+                    w: tw,
+                    input_hidden,
+                },
+                Source::Rows,
+            ) => {
+                let x = w.src.slice(0..(total * input_hidden).max(1));
+                let [x0, _] = &mut w.x;
+                let mut y = x0.slice_mut(0..(total * sc.hidden).max(1));
+                self.blas.linear_on(
+                    dev,
+                    lt,
+                    LinearShape {
+                        rows: total,
+                        k: *input_hidden,
+                        n: sc.hidden,
+                    },
+                    &x,
+                    &tw.w.as_view(),
+                    Some(&tw.b.as_view()),
+                    Epilogue::Bias,
+                    &mut y,
+                )
+            }
             (_, Source::Rows) => Ok(()),
             (
                 DevEmbedding::Bert {
@@ -1140,8 +1314,10 @@ impl GpuModel {
             (
                 DevEmbedding::Vit {
                     patch,
+                    patch_bias,
                     cls,
                     position,
+                    ln: ln_pre,
                 },
                 Source::Pixels,
             ) => {
@@ -1152,20 +1328,28 @@ impl GpuModel {
                 vit_patchify(dev, &shape, &pixels, &mut patches)?;
                 let ls = shape.linear_shape();
                 let mut patch_out = w.patch_out.slice_mut(0..np * sc.hidden);
+                let pb = patch.b.as_view();
                 self.blas.linear_on(
                     dev,
                     lt,
                     ls,
                     &patches.as_view(),
                     &patch.w.as_view(),
-                    Some(&patch.b.as_view()),
-                    Epilogue::Bias,
+                    patch_bias.then_some(&pb),
+                    if *patch_bias {
+                        Epilogue::Bias
+                    } else {
+                        Epilogue::None
+                    },
                     &mut patch_out,
                 )?;
                 let [x0, _] = &mut w.x;
                 let [o0, _] = &mut w.orig;
                 let [c0, _] = &mut w.cu;
                 let mut cu = c0.slice_mut(0..batch + 1);
+                // With CLIP's ln_pre the rows are assembled into `a`, then
+                // normalised into x[0].
+                let rows: &mut CudaSlice<f16> = if ln_pre.is_some() { &mut w.a } else { x0 };
                 vit_assemble(
                     dev,
                     &shape,
@@ -1175,11 +1359,19 @@ impl GpuModel {
                         position,
                     },
                     VitEmbedOutputs {
-                        rows: x0,
+                        rows,
                         orig_index: o0,
                         cu_seqlens: &mut cu,
                     },
-                )
+                )?;
+                match ln_pre {
+                    None => Ok(()),
+                    Some(l) => {
+                        let [x0, _] = &mut w.x;
+                        let nd = c0.slice(batch..batch + 1);
+                        ln(dev, total, sc.hidden, sc.ln_eps, &w.a, None, l, &nd, x0)
+                    }
+                }
             }
             _ => Err(Error::invalid(
                 "GpuModel::forward",
@@ -1201,13 +1393,18 @@ impl GpuModel {
         dense: bool,
     ) -> Vec<SequenceFlops> {
         let cfg = &self.config;
-        let context = shape.context.as_ref().map(|(l, _)| l.clone());
+        // A context of unknown lengths (a whole model's stage) is accounted
+        // by the whole model's pass, which overwrites these FLOPs.
+        let context = shape
+            .context
+            .as_ref()
+            .map(|c| c.lengths.clone().unwrap_or_else(|| vec![0; shape.batch]));
         let mut total = vec![SequenceFlops::default(); shape.batch];
         let mut results = Vec::with_capacity(outs.len());
         for (s, so) in outs.iter().enumerate() {
             let sc = &cfg.streams[s];
             let other_initial = match cfg.kind {
-                ModelKind::Encoder => None,
+                ModelKind::Encoder | ModelKind::Blip | ModelKind::Meter => None,
                 ModelKind::CoAttention => Some(shape.lengths[1 - s].clone()),
                 ModelKind::CrossEncoder { .. } => context.clone(),
             };
@@ -1238,7 +1435,7 @@ impl GpuModel {
                         active_self_heads: &r.active_self_heads,
                         active_cross_heads: &r.active_cross_heads,
                         other_rows: match cfg.kind {
-                            ModelKind::Encoder => None,
+                            ModelKind::Encoder | ModelKind::Blip | ModelKind::Meter => None,
                             ModelKind::CoAttention => Some(&outs[1 - s].layers[l].kept[..]),
                             ModelKind::CrossEncoder { .. } => context.as_deref(),
                         },
@@ -1411,7 +1608,7 @@ impl GpuModel {
             };
             ln(dev, n, d, eps, hcur, None, &lw.ffn_ln, &nd, &mut w.a)?;
             linear(blas, n, d, f, &w.a, &lw.fc1, false, &mut w.ffn)?;
-            bias_gelu(dev, cols(f), &mut w.ffn, &lw.fc1.b, Some(&nd))?;
+            ffn_activation(dev, sc, cols(f), &mut w.ffn, &lw.fc1.b, &nd)?;
             linear(blas, n, f, d, &w.ffn, &lw.fc2, false, xout)?;
             bias_residual(dev, cols(d), xout, &lw.fc2.b, hcur, Some(&nd))?;
         } else {
@@ -1429,7 +1626,7 @@ impl GpuModel {
                 &w.h
             };
             linear(blas, n, d, f, hcur, &lw.fc1, false, &mut w.ffn)?;
-            bias_gelu(dev, cols(f), &mut w.ffn, &lw.fc1.b, Some(&nd))?;
+            ffn_activation(dev, sc, cols(f), &mut w.ffn, &lw.fc1.b, &nd)?;
             linear(blas, n, f, d, &w.ffn, &lw.fc2, true, &mut w.t)?;
             ln(dev, n, d, eps, &w.t, Some(hcur), &lw.ffn_ln, &nd, xout)?;
         }

@@ -13,7 +13,9 @@ use crate::{Error, Result};
 pub struct PreparedInputs {
     /// Sequences per stream.
     pub batch: usize,
-    /// One per config stream: the rows entering the first layer (f32).
+    /// One per config stream: the rows entering the first layer (f32; a
+    /// whole model's streams fed by another stream have no rows here, only
+    /// their source's `cu_seqlens`, and BLIP's text encoder no context).
     pub streams: Vec<Packed>,
     /// A cross encoder's fixed context.
     pub context: Option<Packed>,
@@ -76,6 +78,29 @@ fn prepare(
     if xs[0].batch() == 0 {
         return Err(Error::Input(vec!["the batch is empty".into()]));
     }
+    // A whole model: the inputs are its input streams'; a stream fed by
+    // another gets its source's lengths (a bound: the source may prune).
+    let xs = if cfg.is_composite() {
+        let mut all: Vec<Option<Packed>> = vec![None; cfg.streams.len()];
+        for (&s, x) in cfg.input_streams().iter().zip(xs) {
+            all[s] = Some(x);
+        }
+        for stage in cfg.stages() {
+            if let crate::spec::StageInput::RowsFrom(srcs) = &stage.input {
+                for (&s, &src) in stage.streams.iter().zip(srcs) {
+                    let cu = all[src]
+                        .as_ref()
+                        .map_or_else(|| vec![0], |p| p.cu_seqlens.clone());
+                    all[s] = Some(Packed::new(Vec::new(), cfg.streams[s].hidden, cu));
+                }
+            }
+        }
+        all.into_iter()
+            .map(|p| p.unwrap_or_else(|| Packed::new(Vec::new(), 1, vec![0])))
+            .collect()
+    } else {
+        xs
+    };
     let prep = PreparedInputs {
         batch: xs[0].batch(),
         streams: xs,

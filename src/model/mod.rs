@@ -97,6 +97,7 @@
 //! [`Error::Unsupported`](crate::Error::Unsupported); the tests run them with
 //! 2 heads (head size 32) and token pruner width 64.
 
+mod composite;
 mod device_io;
 mod forward;
 mod input;
@@ -160,6 +161,9 @@ pub struct GpuOutputs {
     /// accounting: "executed" assumes exact-size launches, which
     /// [`SyncPolicy::UpperBound`] exceeds after threshold pruning).
     pub flops: Vec<SequenceFlops>,
+    /// The task head's logits `[batch, outputs]` (f32 on the host), if the
+    /// model has a head.
+    pub logits: Option<Vec<f32>>,
 }
 
 impl GpuOutputs {

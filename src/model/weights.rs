@@ -10,8 +10,8 @@ use crate::device::Device;
 use crate::ops::score::{HEAD_MAX_HEADS, HEAD_MAX_HIDDEN, HEAD_MAX_IN, SCORE_TILE};
 use crate::ops::Blas;
 use crate::spec::{
-    EmbeddingConfig, EmbeddingWeights, HeadPrunerWeights, LayerNormWeights, Linear, ModelConfig,
-    ModelKind, TokenPrunerWeights, Weights,
+    EmbeddingConfig, EmbeddingWeights, HeadConfig, HeadPrunerWeights, HeadWeights, KeepRule,
+    LayerNormWeights, Linear, ModelConfig, ModelKind, StageInput, TokenPrunerWeights, Weights,
 };
 use crate::{Error, Result};
 
@@ -29,6 +29,61 @@ fn unsupported(message: String) -> Error {
 pub fn check_supported(cfg: &ModelConfig) -> Result<()> {
     cfg.validate()?;
     let mut errs = Vec::new();
+    if cfg.is_composite() {
+        // Every stage is a basic model the same checks cover; what the
+        // composition adds: the rows a stage hands on stay on the device,
+        // and METER's fusion streams need their rows' lengths on the host.
+        for stage in cfg.stages() {
+            match check_supported(&stage.config) {
+                Ok(()) => {}
+                Err(Error::Unsupported { message, .. }) => errs.push(message),
+                Err(e) => errs.push(e.to_string()),
+            }
+            if let StageInput::RowsFrom(srcs) = &stage.input {
+                for &src in srcs {
+                    let thr = cfg.streams[src].layers.iter().any(|l| {
+                        matches!(
+                            l.token_pruner.as_ref().map(|t| t.rule),
+                            Some(KeepRule::Threshold { .. })
+                        )
+                    });
+                    if thr {
+                        errs.push(format!(
+                            "stream `{}` feeds a fusion stream: its lengths must be known on the \
+                             host, so its token pruners must use the budget rule (threshold \
+                             pruners there are not supported on the GPU)",
+                            cfg.streams[src].name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(h) = &cfg.head {
+        let f = cfg.feature_width();
+        if f % 8 != 0 {
+            errs.push(format!(
+                "task head {h:?}: its input width {f} must be a multiple of 8"
+            ));
+        }
+    }
+    for sc in &cfg.streams {
+        if let EmbeddingConfig::Transform { input_hidden, .. } = sc.embedding {
+            if input_hidden % 8 != 0 {
+                errs.push(format!(
+                    "stream `{}`: input transform width {input_hidden} must be a multiple of 8",
+                    sc.name
+                ));
+            }
+        }
+    }
+    if cfg.is_composite() {
+        return if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(unsupported(errs.join("; ")))
+        };
+    }
     if let ModelKind::CrossEncoder { context_hidden } = cfg.kind {
         if context_hidden % 8 != 0 {
             errs.push(format!(
@@ -54,7 +109,7 @@ pub fn check_supported(cfg: &ModelConfig) -> Result<()> {
         // The embedding kernels' own limits (e.g. a ViT patch width C*p*p
         // that is a multiple of 8), checked on a one-sequence shape.
         let embed_check = match sc.embedding {
-            EmbeddingConfig::None => Ok(()),
+            EmbeddingConfig::None | EmbeddingConfig::Transform { .. } => Ok(()),
             EmbeddingConfig::Bert { .. } => {
                 crate::ops::BertEmbedShape::from_stream(sc, 1, 1).map(|_| ())
             }
@@ -166,22 +221,55 @@ pub(crate) enum DevEmbedding {
     /// `[N, D]`.
     Vit {
         patch: DevLinear,
+        /// Whether `patch.b` is a real bias (CLIP's projection has none).
+        patch_bias: bool,
         cls: CudaSlice<f16>,
         position: CudaSlice<f16>,
+        /// CLIP's `ln_pre` on the assembled rows.
+        ln: Option<DevLn>,
     },
-    /// BERT: word, position and type tables `[_, D]` and the embedding LN.
+    /// BERT: word, position and type tables `[_, D]` and the embedding LN
+    /// (without token types, one zero row).
     Bert {
         word: CudaSlice<f16>,
         position: CudaSlice<f16>,
         token_type: CudaSlice<f16>,
         ln: DevLn,
     },
+    /// An input transform `W x + (b + type_vector)` (`W` `[D, D_in]`; the
+    /// modality-type vector folded into the bias at upload, in f32).
+    Transform { w: DevLinear, input_hidden: usize },
 }
 
 pub(crate) struct DevStream {
     pub(crate) embedding: DevEmbedding,
     pub(crate) layers: Vec<DevLayer>,
     pub(crate) final_ln: Option<DevLn>,
+    /// `tanh(W x_0 + b)` on the final first row.
+    pub(crate) pooler: Option<DevLinear>,
+}
+
+/// A task head on the device. Output widths that are not multiples of 8
+/// (ITM's 2, VQA's 3129) are padded with zero rows of the last linear's
+/// weight and bias to a multiple of 8 ([`padded`]); the padding columns are
+/// dropped on the host.
+// One per model: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum DevHead {
+    Itm {
+        fc: DevLinear,
+    },
+    Vqa {
+        fc1: DevLinear,
+        ln: DevLn,
+        fc2: DevLinear,
+        eps: f32,
+    },
+}
+
+/// Output width rounded up to a multiple of 8.
+pub(crate) fn padded(n: usize) -> usize {
+    n.div_ceil(8) * 8
 }
 
 struct Uploader<'a> {
@@ -246,11 +334,32 @@ impl Uploader<'_> {
                 patch,
                 cls,
                 position,
+                ln,
             } => DevEmbedding::Vit {
                 patch: self.linear(patch)?,
+                patch_bias: !patch.bias.is_empty(),
                 cls: self.vec(cls)?,
                 position: self.vec(position)?,
+                ln: ln.as_ref().map(|l| self.ln(l)).transpose()?,
             },
+            EmbeddingWeights::Transform {
+                transform,
+                type_vector,
+            } => {
+                let mut b = transform.bias.clone();
+                if let Some(t) = type_vector {
+                    for (x, y) in b.iter_mut().zip(t) {
+                        *x += y;
+                    }
+                }
+                DevEmbedding::Transform {
+                    w: DevLinear {
+                        w: self.vec(&transform.weight)?,
+                        b: self.vec(&b)?,
+                    },
+                    input_hidden: transform.inp,
+                }
+            }
             EmbeddingWeights::Bert {
                 word,
                 position,
@@ -259,9 +368,43 @@ impl Uploader<'_> {
             } => DevEmbedding::Bert {
                 word: self.vec(word)?,
                 position: self.vec(position)?,
-                token_type: self.vec(token_type)?,
+                token_type: if token_type.is_empty() {
+                    // No token types: one zero row, never indexed past.
+                    self.vec(&vec![0.0; ln.gamma.len()])?
+                } else {
+                    self.vec(token_type)?
+                },
                 ln: self.ln(ln)?,
             },
+        })
+    }
+    /// A linear whose output rows are padded with zeros to `n_pad`.
+    fn linear_padded(&mut self, l: &Linear, n_pad: usize) -> Result<DevLinear> {
+        let mut w = l.weight.clone();
+        w.resize(n_pad * l.inp, 0.0);
+        let mut b = l.bias.clone();
+        b.resize(n_pad, 0.0);
+        Ok(DevLinear {
+            w: self.vec(&w)?,
+            b: self.vec(&b)?,
+        })
+    }
+    fn task_head(&mut self, cfg: &HeadConfig, h: &HeadWeights) -> Result<DevHead> {
+        Ok(match (cfg, h) {
+            (HeadConfig::Vqa { ln_eps, .. }, HeadWeights::Vqa { fc1, ln, fc2 }) => DevHead::Vqa {
+                fc1: self.linear(fc1)?,
+                ln: self.ln(ln)?,
+                fc2: self.linear_padded(fc2, padded(fc2.out))?,
+                eps: *ln_eps,
+            },
+            (_, HeadWeights::Itm { fc }) => DevHead::Itm {
+                fc: self.linear_padded(fc, padded(fc.out))?,
+            },
+            (HeadConfig::Itm, HeadWeights::Vqa { .. }) => {
+                return Err(Error::Weights(vec![
+                    "the head weights are VQA's but the config asks for ITM".into(),
+                ]))
+            }
         })
     }
     fn head(&mut self, h: &HeadPrunerWeights) -> Result<DevHeadPruner> {
@@ -292,7 +435,13 @@ pub struct GpuModel {
     pub(crate) blas: Blas,
     pub(crate) config: ModelConfig,
     pub(crate) embeddings: Vec<EmbeddingWeights>,
+    /// A basic model's streams (empty for a whole model).
     pub(crate) streams: Vec<DevStream>,
+    /// A whole model's stages, each a basic model on the same device and
+    /// stream ([`ModelConfig::stages`]); empty for a basic model.
+    pub(crate) stages: Vec<GpuModel>,
+    /// The task head, if the config has one.
+    pub(crate) head: Option<DevHead>,
     weight_bytes: usize,
 }
 
@@ -340,8 +489,35 @@ fn upload_model(dev: Device, weights: &Weights, cfg: &ModelConfig) -> Result<Gpu
             stream: dev.stream(),
             bytes: 0,
         };
+        // A whole model: one basic model per stage (its streams' weights),
+        // then the head here.
+        let mut stages = Vec::new();
+        if cfg.is_composite() {
+            for stage in cfg.stages() {
+                let sw = Weights {
+                    config: stage.config.clone(),
+                    streams: stage
+                        .streams
+                        .iter()
+                        .map(|&s| weights.streams[s].clone())
+                        .collect(),
+                    head: None,
+                };
+                let sdev = dev.on_stream(dev.stream().clone())?;
+                stages.push(upload_model(sdev, &sw, &stage.config)?);
+            }
+        }
+        let head = match (&cfg.head, weights.head.as_deref()) {
+            (Some(hc), Some(hw)) => Some(up.task_head(hc, hw)?),
+            _ => None,
+        };
         let mut streams = Vec::with_capacity(weights.streams.len());
-        for sw in &weights.streams {
+        let basic: &[crate::spec::StreamWeights] = if cfg.is_composite() {
+            &[]
+        } else {
+            &weights.streams
+        };
+        for sw in basic {
             let mut layers = Vec::with_capacity(sw.layers.len());
             for lw in &sw.layers {
                 layers.push(DevLayer {
@@ -374,9 +550,10 @@ fn upload_model(dev: Device, weights: &Weights, cfg: &ModelConfig) -> Result<Gpu
                 embedding: up.embedding(&sw.embeddings)?,
                 layers,
                 final_ln: sw.final_ln.as_ref().map(|l| up.ln(l)).transpose()?,
+                pooler: sw.pooler.as_ref().map(|p| up.linear(p)).transpose()?,
             });
         }
-        let weight_bytes = up.bytes;
+        let weight_bytes = up.bytes + stages.iter().map(|s| s.weight_bytes).sum::<usize>();
         // The uploads are asynchronous from pageable memory; wait once so a
         // pass on another stream never reads a weight still in flight.
         dev.synchronize()?;
@@ -390,6 +567,8 @@ fn upload_model(dev: Device, weights: &Weights, cfg: &ModelConfig) -> Result<Gpu
                 .map(|s| s.embeddings.clone())
                 .collect(),
             streams,
+            stages,
+            head,
             weight_bytes,
             dev,
         })

@@ -119,6 +119,12 @@ pub struct StreamLayout {
     pub patches: usize,
     /// ViT projected patches `[max_batch * patches, D]` f16 (elements).
     pub patch_out: usize,
+    /// An input transform's input rows `[rows, D_in]` f16 (elements; 0
+    /// without a transform).
+    pub src: usize,
+    /// The pooler's output `[max_batch, D]` f16 (elements; 0 without a
+    /// pooler).
+    pub pooler: usize,
 }
 
 impl StreamLayout {
@@ -167,6 +173,8 @@ impl StreamLayout {
             ("pixels", self.pixels, 4),
             ("patches", self.patches, 2),
             ("patch_out", self.patch_out, 2),
+            ("src", self.src, 2),
+            ("pooler", self.pooler, 2),
         ]
     }
 
@@ -194,6 +202,35 @@ pub struct WorkspaceLayout {
     /// Statistics slots: `[layers][streams][3][max_batch]` i32 (kept rows,
     /// active self heads, active cross heads).
     pub stats: usize,
+    /// A task head's buffers, if the model has one.
+    pub head: Option<HeadLayout>,
+    /// A whole model's stages' layouts ([`ModelConfig::stages`]; empty for a
+    /// basic model, whose buffers are the ones above).
+    pub stages: Vec<WorkspaceLayout>,
+}
+
+/// A task head's buffers: features `[max_batch, F]`, two hidden buffers of
+/// the same size (VQA), logits `[max_batch, outputs]` with the outputs
+/// padded to a multiple of 8; all f16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLayout {
+    /// The feature width `F`.
+    pub features: usize,
+    /// The logits' width rounded up to a multiple of 8.
+    pub outputs_padded: usize,
+}
+
+impl HeadLayout {
+    /// (name, elements, bytes per element) of each buffer for `max_batch`.
+    pub fn buffers(&self, max_batch: usize) -> Vec<(&'static str, usize, usize)> {
+        let f = max_batch * self.features;
+        vec![
+            ("head.features", f, 2),
+            ("head.h1", f, 2),
+            ("head.h2", f, 2),
+            ("head.logits", max_batch * self.outputs_padded, 2),
+        ]
+    }
 }
 
 fn fits_i32(what: &str, v: Option<usize>) -> Result<usize> {
@@ -213,6 +250,35 @@ impl WorkspaceLayout {
     pub fn new(cfg: &ModelConfig, cap: &Capacity) -> Result<Self> {
         cfg.validate()?;
         let ns = cfg.streams.len();
+        let head = cfg.head.as_ref().map(|h| HeadLayout {
+            features: cfg.feature_width(),
+            outputs_padded: super::weights::padded(h.outputs()),
+        });
+        if cfg.is_composite() {
+            if cap.max_seqlen.len() != ns {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "the capacity names {} streams' lengths, the model has {ns} streams",
+                        cap.max_seqlen.len()
+                    ),
+                ));
+            }
+            let stages = cfg
+                .stages()
+                .iter()
+                .map(|st| WorkspaceLayout::new(&st.config, &stage_capacity(st, cap)))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(WorkspaceLayout {
+                max_batch: cap.max_batch,
+                streams: Vec::new(),
+                context_rows: 0,
+                context_hidden: 0,
+                stats: 0,
+                head,
+                stages,
+            });
+        }
         let b = cap.max_batch;
         if b == 0 || b > 65_535 {
             return Err(Error::invalid(
@@ -288,7 +354,7 @@ impl WorkspaceLayout {
                 });
             }
             let (d_other, other_rows) = match cfg.kind {
-                ModelKind::Encoder => (0, 0),
+                ModelKind::Encoder | ModelKind::Blip | ModelKind::Meter => (0, 0),
                 ModelKind::CoAttention => (cfg.streams[1 - s].hidden, rows[1 - s]),
                 ModelKind::CrossEncoder { context_hidden } => (context_hidden, context_rows),
             };
@@ -303,12 +369,13 @@ impl WorkspaceLayout {
                 .max()
                 .unwrap_or(0);
             let (ids, pixels, patches, patch_out) = match sc.embedding {
-                EmbeddingConfig::None => (0, 0, 0, 0),
+                EmbeddingConfig::None | EmbeddingConfig::Transform { .. } => (0, 0, 0, 0),
                 EmbeddingConfig::Bert { .. } => (rows[s], 0, 0, 0),
                 EmbeddingConfig::Vit {
                     image_size,
                     patch_size,
                     channels,
+                    ..
                 } => {
                     let np = (image_size / patch_size).pow(2);
                     let px = b.checked_mul(channels * image_size * image_size);
@@ -339,6 +406,14 @@ impl WorkspaceLayout {
                 hs,
                 layers: sc.layers.len(),
                 cross: cfg.is_cross(),
+                src: match sc.embedding {
+                    EmbeddingConfig::Transform { input_hidden, .. } => fits_i32(
+                        &format!("stream `{}` input rows", sc.name),
+                        rows[s].checked_mul(input_hidden),
+                    )?,
+                    _ => 0,
+                },
+                pooler: if sc.pooler { b * sc.hidden } else { 0 },
             });
         }
         let nl = cfg.streams.first().map_or(0, |s| s.layers.len());
@@ -348,6 +423,8 @@ impl WorkspaceLayout {
             context_rows,
             context_hidden,
             stats: nl * ns * 3 * b,
+            head,
+            stages: Vec::new(),
         })
     }
 
@@ -362,13 +439,16 @@ impl WorkspaceLayout {
             (self.streams.len(), 4),
             (self.stats, 4),
         ];
+        let head = self.head.map(|h| h.buffers(b)).unwrap_or_default();
         self.streams
             .iter()
             .flat_map(|s| s.buffers(b))
+            .chain(head)
             .map(|(_, n, e)| (n, e))
             .chain(shared)
             .map(|(n, e)| align_up(n.max(1) * e))
-            .sum()
+            .sum::<usize>()
+            + self.stages.iter().map(|s| s.arena_bytes()).sum::<usize>()
     }
 
     /// Total device bytes of the workspace.
@@ -378,7 +458,38 @@ impl WorkspaceLayout {
             + (b + 1) * 4
             + self.streams.len().max(1) * 4
             + self.stats.max(1) * 4;
-        self.streams.iter().map(|s| s.bytes(b)).sum::<usize>() + shared
+        let head: usize = self
+            .head
+            .map(|h| h.buffers(b).iter().map(|&(_, n, e)| n.max(1) * e).sum())
+            .unwrap_or(0);
+        self.streams.iter().map(|s| s.bytes(b)).sum::<usize>()
+            + shared
+            + head
+            + self.stages.iter().map(|s| s.bytes()).sum::<usize>()
+    }
+}
+
+/// The capacity of one stage of a whole model from the whole model's: its
+/// streams' lengths (a stream fed by another holds at least its source's
+/// rows) and, for BLIP's text encoder, the image rows as its context.
+pub(crate) fn stage_capacity(stage: &crate::spec::Stage, cap: &Capacity) -> Capacity {
+    use crate::spec::StageInput;
+    let len = |s: usize| cap.max_seqlen.get(s).copied().unwrap_or(0);
+    Capacity {
+        max_batch: cap.max_batch,
+        max_seqlen: stage
+            .streams
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| match &stage.input {
+                StageInput::RowsFrom(srcs) => len(s).max(srcs.get(i).map_or(0, |&o| len(o))),
+                _ => len(s),
+            })
+            .collect(),
+        context_max_seqlen: match stage.input {
+            StageInput::ContextFrom(src) => len(src).max(1),
+            _ => cap.context_max_seqlen,
+        },
     }
 }
 
@@ -420,6 +531,24 @@ pub(crate) struct StreamWs {
     pub(crate) pixels: CudaSlice<f32>,
     pub(crate) patches: CudaSlice<f16>,
     pub(crate) patch_out: CudaSlice<f16>,
+    pub(crate) src: CudaSlice<f16>,
+    pub(crate) pooler: CudaSlice<f16>,
+}
+
+/// A task head's device buffers ([`HeadLayout`]).
+pub(crate) struct HeadWs {
+    pub(crate) features: CudaSlice<f16>,
+    pub(crate) h1: CudaSlice<f16>,
+    pub(crate) h2: CudaSlice<f16>,
+    pub(crate) logits: CudaSlice<f16>,
+}
+
+impl HeadWs {
+    fn forget(self) {
+        for b in [self.features, self.h1, self.h2, self.logits] {
+            b.leak();
+        }
+    }
 }
 
 /// Every device buffer a forward pass of one model needs, up to a
@@ -443,6 +572,10 @@ pub struct Workspace {
     pub(crate) events: (cudarc::driver::CudaEvent, cudarc::driver::CudaEvent),
     /// Captured passes, most recently used last (see [`crate::model`]).
     pub(crate) graphs: Vec<(GraphKey, GraphEntry)>,
+    /// A task head's buffers, if the model has one.
+    pub(crate) head: Option<HeadWs>,
+    /// A whole model's stages' workspaces (empty for a basic model).
+    pub(crate) stages: Vec<Workspace>,
 }
 
 /// At most this many captured graphs are kept per workspace; the least
@@ -457,7 +590,7 @@ pub(crate) struct GraphKey {
     pub(crate) dense: bool,
     pub(crate) sync: super::SyncPolicy,
     pub(crate) lengths: Vec<Vec<i32>>,
-    pub(crate) context: Option<Vec<i32>>,
+    pub(crate) context: Option<super::forward::ContextShape>,
     pub(crate) sources: Vec<super::forward::Source>,
 }
 
@@ -475,14 +608,18 @@ pub(crate) struct GraphEntry {
 unsafe impl Send for GraphEntry {}
 
 impl Workspace {
-    /// Number of CUDA graphs currently cached.
+    /// Number of CUDA graphs currently cached (a whole model's: one per
+    /// stage and shape).
     pub fn cached_graphs(&self) -> usize {
-        self.graphs.len()
+        self.graphs.len() + self.stages.iter().map(|s| s.cached_graphs()).sum::<usize>()
     }
 
     /// Drops every cached CUDA graph (they are re-captured on demand).
     pub fn clear_graphs(&mut self) {
         self.graphs.clear();
+        for s in &mut self.stages {
+            s.clear_graphs();
+        }
     }
 }
 
@@ -577,6 +714,9 @@ impl Drop for Workspace {
             )
         };
         if self.foreign {
+            if let Some(h) = self.head.take() {
+                h.forget();
+            }
             for w in streams {
                 w.forget();
             }
@@ -625,6 +765,8 @@ impl StreamWs {
             pixels,
             patches,
             patch_out,
+            src,
+            pooler,
         } = self;
         for b in [
             x0,
@@ -642,6 +784,8 @@ impl StreamWs {
             pooled_first,
             patches,
             patch_out,
+            src,
+            pooler,
         ] {
             b.leak();
         }
@@ -701,6 +845,14 @@ impl Workspace {
     /// it, and it must outlive the workspace and every pass enqueued with
     /// it ([`ForeignSlice::new`]'s contract).
     pub fn in_memory(model: &GpuModel, capacity: Capacity, mem: ForeignSlice<u8>) -> Result<Self> {
+        if model.config().is_composite() {
+            return Err(Error::Unsupported {
+                op: OP,
+                message: "a whole model (BLIP, METER) cannot run in caller memory; use \
+                          Workspace::new"
+                    .into(),
+            });
+        }
         let layout = WorkspaceLayout::new(model.config(), &capacity)?;
         let need = layout.arena_bytes();
         if mem.len() < need {
@@ -762,13 +914,17 @@ impl Workspace {
         let mut ws = Self::build(
             stream,
             &layout,
-            capacity,
+            capacity.clone(),
             &|n, _| Ok(Region::Own(n)),
             blas,
             events,
             false,
         )?;
         ws.fill_ones(stream)?;
+        for (st, sm) in model.config().stages().iter().zip(&model.stages) {
+            ws.stages
+                .push(Self::alloc(sm, stage_capacity(st, &capacity))?);
+        }
         Ok(ws)
     }
 
@@ -836,8 +992,29 @@ impl Workspace {
                 pixels: f32b("pixels")?,
                 patches: h16("patches")?,
                 patch_out: h16("patch_out")?,
+                src: h16("src")?,
+                pooler: h16("pooler")?,
             });
         }
+        let head = match layout.head {
+            None => None,
+            Some(h) => {
+                let bufs = h.buffers(b);
+                let mut it = bufs
+                    .iter()
+                    .map(|&(name, n, e)| get(n, e)?.into_slice::<f16>(&stream, name));
+                let mut next = || {
+                    it.next()
+                        .unwrap_or_else(|| Err(Error::invalid(OP, "head buffer list")))
+                };
+                Some(HeadWs {
+                    features: next()?,
+                    h1: next()?,
+                    h2: next()?,
+                    logits: next()?,
+                })
+            }
+        };
         let context_rows = get(layout.context_rows * layout.context_hidden, 2)?
             .into_slice::<f16>(&stream, "context rows")?;
         let context_cu = get(b + 1, 4)?.into_slice::<i32>(&stream, "context cu_seqlens")?;
@@ -856,6 +1033,8 @@ impl Workspace {
             blas,
             events,
             graphs: Vec::new(),
+            head,
+            stages: Vec::new(),
         })
     }
 

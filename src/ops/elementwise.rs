@@ -1,6 +1,7 @@
-//! Bias + GELU, bias + residual, and per-sequence pooling over packed f16
-//! rows (`kernels/elementwise.cu`: `bias_gelu_f16`, `bias_residual_f16`,
-//! `mean_pool_f16`, `first_token_f16`).
+//! Bias + GELU, bias + activation, bias + residual, per-sequence pooling and
+//! column copies over packed f16 rows (`kernels/elementwise.cu`:
+//! `bias_gelu_f16`, `bias_act_f16`, `bias_residual_f16`, `mean_pool_f16`,
+//! `first_token_f16`, `copy_cols_f16`).
 
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use half::f16;
@@ -368,4 +369,213 @@ where
     // warps past batch return.
     unsafe { launch.launch(cfg) }.map_err(|e| Error::driver("launching first_token_f16", e))?;
     dev.check_launch("first_token_f16")
+}
+
+/// The activation of a [`bias_act`] launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// GELU, erf form (BERT, ViT, BLIP, METER's fusion FFN and VQA head).
+    Gelu,
+    /// CLIP's quick GELU `x * sigmoid(1.702 x)`.
+    QuickGelu,
+    /// `tanh` (poolers).
+    Tanh,
+}
+
+impl Act {
+    /// The kernel's `ACT_*` code.
+    fn code(self) -> i32 {
+        match self {
+            Act::Gelu => 0,
+            Act::QuickGelu => 1,
+            Act::Tanh => 2,
+        }
+    }
+}
+
+impl From<crate::spec::Activation> for Act {
+    fn from(a: crate::spec::Activation) -> Self {
+        match a {
+            crate::spec::Activation::Gelu => Act::Gelu,
+            crate::spec::Activation::QuickGelu => Act::QuickGelu,
+        }
+    }
+}
+
+/// Mirror of `struct ActShape` in `kernels/elementwise.cu`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct ActShapeC {
+    rows: i32,
+    n: i32,
+    act: i32,
+}
+// SAFETY: `#[repr(C)]` plain data, laid out as the C struct.
+unsafe impl DeviceRepr for ActShapeC {}
+
+/// `x = act(x + bias)` (or `act(x)` without a bias) in place over
+/// `[rows, n]` f16, f32 math. `rows_dev`: an optional device row count (rows
+/// at or past it untouched).
+pub fn bias_act<X, B, N>(
+    dev: &Device,
+    shape: ColsShape,
+    act: Act,
+    x: &mut X,
+    bias: Option<&B>,
+    rows_dev: Option<&N>,
+) -> Result<()>
+where
+    X: DevicePtrMut<f16>,
+    B: DevicePtr<f16>,
+    N: DevicePtr<i32>,
+{
+    const OP: &str = "bias_act";
+    validate_cols(
+        OP,
+        shape,
+        x.len(),
+        bias.map_or(shape.n, |b| b.len()),
+        None,
+        rows_dev.map(|n| n.len()),
+    )?;
+    if shape.rows == 0 {
+        return Ok(());
+    }
+    crate::kernels::ensure_built()?;
+    let func = dev.function("elementwise", "bias_act_f16")?;
+    let stream = dev.stream();
+    let (x_ptr, _gx) = x.device_ptr_mut(stream);
+    let (b_ptr, _gb) = opt_ptr(bias, stream);
+    let (n_ptr, _gn) = opt_ptr(rows_dev, stream);
+    check_aligned(OP, "x", x_ptr, 16)?;
+    check_aligned(OP, "bias", b_ptr, 16)?;
+    let params = ActShapeC {
+        rows: shape.rows as i32,
+        n: shape.n as i32,
+        act: act.code(),
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (cols_grid(shape.rows, shape.n), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = stream.launch_builder(&func);
+    launch.arg(&x_ptr).arg(&b_ptr).arg(&n_ptr).arg(&params);
+    // SAFETY: arguments match `bias_act_f16(half*, const half*, const int*,
+    // ActShape)`; x covers rows * n elements and bias (when not null) n,
+    // both 16-byte aligned (validated); rows_dev is null or one live i32;
+    // act is one of the kernel's codes. The kernel touches only vectors
+    // below rows * n / 8 (grid-stride loop).
+    unsafe { launch.launch(cfg) }.map_err(|e| Error::driver("launching bias_act_f16", e))?;
+    dev.check_launch("bias_act_f16")
+}
+
+/// The shape of a [`copy_cols`] launch: `rows x n` from a matrix of row
+/// stride `src_ld` into columns `dst_col .. dst_col + n` of one of row
+/// stride `dst_ld`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyColsShape {
+    /// Rows copied.
+    pub rows: usize,
+    /// Columns copied; a positive multiple of 8.
+    pub n: usize,
+    /// Source row stride (elements); a multiple of 8, at least `n`.
+    pub src_ld: usize,
+    /// Destination row stride (elements); a multiple of 8.
+    pub dst_ld: usize,
+    /// First destination column; a multiple of 8, `dst_col + n <= dst_ld`.
+    pub dst_col: usize,
+}
+
+/// Mirror of `struct CopyColsShape` in `kernels/elementwise.cu`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct CopyColsShapeC {
+    rows: i32,
+    n: i32,
+    src_ld: i32,
+    dst_ld: i32,
+    dst_col: i32,
+}
+// SAFETY: `#[repr(C)]` plain data, laid out as the C struct.
+unsafe impl DeviceRepr for CopyColsShapeC {}
+
+/// Checks a [`CopyColsShape`] against the buffers' lengths (needs no GPU).
+pub fn validate_copy_cols(shape: CopyColsShape, src_len: usize, dst_len: usize) -> Result<()> {
+    const OP: &str = "copy_cols";
+    let CopyColsShape {
+        rows,
+        n,
+        src_ld,
+        dst_ld,
+        dst_col,
+    } = shape;
+    if n == 0 || n % 8 != 0 || src_ld % 8 != 0 || dst_ld % 8 != 0 || dst_col % 8 != 0 {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "n = {n}, src_ld = {src_ld}, dst_ld = {dst_ld}, dst_col = {dst_col}: n must be \
+                 a positive multiple of 8 and the rest multiples of 8 (16-byte vectors)"
+            ),
+        ));
+    }
+    if src_ld < n || dst_col + n > dst_ld {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "columns out of range: n = {n}, src_ld = {src_ld}, dst_col + n = {} > dst_ld = \
+                 {dst_ld}",
+                dst_col + n
+            ),
+        ));
+    }
+    rows_i32(OP, rows, src_ld.max(dst_ld))?;
+    if rows > 0 {
+        check_len(OP, "src", src_len, (rows - 1) * src_ld + n)?;
+        check_len(OP, "dst", dst_len, (rows - 1) * dst_ld + dst_col + n)?;
+    }
+    Ok(())
+}
+
+/// Copies `rows x n` f16 values from `src` into columns `dst_col ..` of
+/// `dst` (row strides `src_ld`, `dst_ld`): e.g. two streams' pooled rows
+/// side by side as a task head's `[batch, F]` features.
+pub fn copy_cols<S, D>(dev: &Device, shape: CopyColsShape, src: &S, dst: &mut D) -> Result<()>
+where
+    S: DevicePtr<f16>,
+    D: DevicePtrMut<f16>,
+{
+    const OP: &str = "copy_cols";
+    validate_copy_cols(shape, src.len(), dst.len())?;
+    if shape.rows == 0 {
+        return Ok(());
+    }
+    crate::kernels::ensure_built()?;
+    let func = dev.function("elementwise", "copy_cols_f16")?;
+    let stream = dev.stream();
+    let (s_ptr, _gs) = src.device_ptr(stream);
+    let (d_ptr, _gd) = dst.device_ptr_mut(stream);
+    check_aligned(OP, "src", s_ptr, 16)?;
+    check_aligned(OP, "dst", d_ptr, 16)?;
+    let params = CopyColsShapeC {
+        rows: shape.rows as i32,
+        n: shape.n as i32,
+        src_ld: shape.src_ld as i32,
+        dst_ld: shape.dst_ld as i32,
+        dst_col: shape.dst_col as i32,
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (cols_grid(shape.rows, shape.n), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = stream.launch_builder(&func);
+    launch.arg(&s_ptr).arg(&d_ptr).arg(&params);
+    // SAFETY: arguments match `copy_cols_f16(const half*, half*,
+    // CopyColsShape)`; src holds (rows - 1) * src_ld + n and dst (rows - 1)
+    // * dst_ld + dst_col + n elements (validated), both 16-byte aligned, and
+    // every stride and offset is a multiple of 8 elements, so every vector
+    // access is aligned and in bounds (grid-stride over rows * n / 8).
+    unsafe { launch.launch(cfg) }.map_err(|e| Error::driver("launching copy_cols_f16", e))?;
+    dev.check_launch("copy_cols_f16")
 }

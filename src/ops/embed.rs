@@ -124,7 +124,9 @@ impl BertEmbedShape {
                 d: s.hidden,
                 vocab_size,
                 max_positions,
-                type_vocab_size,
+                // No token types (BLIP's text encoder): the GPU model holds
+                // one zero row, and no type ids are accepted.
+                type_vocab_size: type_vocab_size.max(1),
                 position_offset,
                 eps: s.ln_eps,
             }),
@@ -490,6 +492,7 @@ impl VitEmbedShape {
                 image_size,
                 patch_size,
                 channels,
+                ..
             } => Ok(VitEmbedShape {
                 batch,
                 channels,

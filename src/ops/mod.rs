@@ -20,7 +20,8 @@ pub use compact::{
     CompactOutputs, CompactShape, KeepRuleDev,
 };
 pub use elementwise::{
-    bias_gelu, bias_residual, first_token, mean_pool, ColsShape, PoolOut, PoolShape,
+    bias_act, bias_gelu, bias_residual, copy_cols, first_token, mean_pool, validate_copy_cols, Act,
+    ColsShape, CopyColsShape, PoolOut, PoolShape,
 };
 pub use embed::{
     bert_embed, check_bert_ids, validate_vit_assemble, validate_vit_embed, validate_vit_patchify,

@@ -12,13 +12,17 @@ use rayon::prelude::*;
 
 use super::attention::attention;
 use super::compact::{compact, Packed};
-use super::ops::{add_in_place, gelu_in_place, layer_norm_rows, linear, mean_rows};
+use super::ops::{
+    add_in_place, gelu_in_place, layer_norm_rows, linear, mean_rows, quick_gelu_in_place,
+};
 use super::pruner::{head_logits, head_mask, keep_rows, token_scores};
-use crate::spec::flops::{dense_layer_flops, embedding_flops, layer_flops, LayerCounts};
+use crate::spec::flops::{
+    dense_layer_flops, embedding_flops, head_flops, layer_flops, pooler_flops, LayerCounts,
+};
 use crate::spec::{
-    CrossAttentionWeights, EmbeddingConfig, EmbeddingWeights, FfnWeights, Flops, LayerNormWeights,
-    LayerWeights, ModelConfig, ModelKind, SelfAttentionWeights, SequenceFlops, StreamConfig,
-    Weights,
+    Activation, CrossAttentionWeights, EmbeddingConfig, EmbeddingWeights, FfnWeights, Flops,
+    HeadConfig, HeadWeights, LayerNormWeights, LayerWeights, ModelConfig, ModelKind,
+    SelfAttentionWeights, SequenceFlops, StageInput, StreamConfig, StreamWeights, Weights,
 };
 use crate::{Error, Result};
 
@@ -114,6 +118,9 @@ pub struct StreamOutput {
     pub pooled_first: Vec<f32>,
     /// Mean of every sequence's final rows `[batch, D]`.
     pub pooled_mean: Vec<f32>,
+    /// The pooler's output `tanh(W x_0 + b)` `[batch, D]`, if the stream has
+    /// a pooler.
+    pub pooler: Option<Vec<f32>>,
     /// One record per layer.
     pub layers: Vec<LayerRecord>,
     /// FLOPs per sequence (embedding + layers), pruned and dense.
@@ -129,8 +136,10 @@ pub use crate::spec::schedule::LayerStats;
 pub struct Outputs {
     /// One per config stream.
     pub streams: Vec<StreamOutput>,
-    /// FLOPs per sequence, summed over streams.
+    /// FLOPs per sequence, summed over streams (and the task head).
     pub flops: Vec<SequenceFlops>,
+    /// The task head's logits `[batch, outputs]`, if the model has a head.
+    pub logits: Option<Vec<f32>>,
 }
 
 impl Outputs {
@@ -143,19 +152,22 @@ impl Outputs {
 
 /// Per-layer statistics of streams' records: `[layer][stream]` -> (kept
 /// rows, active self heads, active cross heads), each per sequence.
+/// As many layers as the deepest stream; a stream past its last layer has
+/// empty entries there (whole models: METER's streams have 12, 11 and 6
+/// layers).
 pub fn layer_stats(streams: &[StreamOutput]) -> Vec<Vec<LayerStats>> {
-    let nl = streams.first().map_or(0, |s| s.layers.len());
+    let nl = streams.iter().map(|s| s.layers.len()).max().unwrap_or(0);
     (0..nl)
         .map(|l| {
             streams
                 .iter()
-                .filter_map(|s| s.layers.get(l))
-                .map(|r| {
-                    (
+                .map(|s| match s.layers.get(l) {
+                    Some(r) => (
                         r.kept.clone(),
                         r.active_self_heads.clone(),
                         r.active_cross_heads.clone(),
-                    )
+                    ),
+                    None => (Vec::new(), Vec::new(), Vec::new()),
                 })
                 .collect()
         })
@@ -246,7 +258,11 @@ fn embed_or_check(
                     ids[i]
                 ));
             }
-            if let Some(t) = type_ids {
+            if let (Some(_), 0) = (type_ids, *type_vocab_size) {
+                errs.push(format!(
+                    "stream `{name}`: has no token types (type_vocab_size 0), but type ids were given"
+                ));
+            } else if let Some(t) = type_ids {
                 if t.len() != total {
                     errs.push(format!(
                         "stream `{name}`: {} type ids for {total} tokens",
@@ -282,8 +298,10 @@ fn embed_or_check(
                 let id = ids[i] as usize;
                 let pos = p.orig_index[i] as usize + position_offset;
                 let ty = type_ids.as_ref().map_or(0, |t| t[i] as usize);
+                // No token-type table (BLIP's text encoder): nothing is added.
+                let tt = token_type.get(ty * d..(ty + 1) * d);
                 for (j, v) in r.iter_mut().enumerate() {
-                    *v = word[id * d + j] + position[pos * d + j] + token_type[ty * d + j];
+                    *v = word[id * d + j] + position[pos * d + j] + tt.map_or(0.0, |t| t[j]);
                 }
             });
             let rows = layer_norm_rows(&rows, d, &ln.gamma, &ln.beta, s.ln_eps);
@@ -294,11 +312,13 @@ fn embed_or_check(
                 image_size,
                 patch_size,
                 channels,
+                ..
             },
             EmbeddingWeights::Vit {
                 patch,
                 cls,
                 position,
+                ln: ln_pre,
             },
             StreamInput::Pixels { pixels, batch },
         ) => {
@@ -344,6 +364,7 @@ fn embed_or_check(
                         }
                     }
                 });
+            // An empty bias (CLIP's patch projection has none) adds nothing.
             let emb = linear(&patches, batch * np, &patch.weight, &patch.bias, d, pin);
             let n = np + 1;
             let mut rows = vec![0.0f32; batch * n * d];
@@ -358,8 +379,52 @@ fn embed_or_check(
                     out[j] = src[j] + position[i * d + j];
                 }
             });
+            let rows = match ln_pre {
+                Some(w) => ln(&rows, d, w, s.ln_eps),
+                None => rows,
+            };
             let cu = (0..=*batch).map(|b| (b * n) as i32).collect();
             Some(Packed::new(rows, d, cu))
+        }
+        (
+            EmbeddingConfig::Transform { input_hidden, .. },
+            EmbeddingWeights::Transform {
+                transform,
+                type_vector,
+            },
+            StreamInput::Packed { rows, cu_seqlens },
+        ) => {
+            let di = *input_hidden;
+            if rows.len() % di != 0 {
+                errs.push(format!(
+                    "stream `{name}`: {} values is not a multiple of its input transform's \
+                     width {di}",
+                    rows.len()
+                ));
+                return None;
+            }
+            let total = rows.len() / di;
+            let before = errs.len();
+            check_cu(cu_seqlens, total, &format!("stream `{name}`"), errs);
+            if rows.iter().any(|x| !x.is_finite()) {
+                errs.push(format!("stream `{name}`: input rows hold NaN or Inf"));
+            }
+            if errs.len() != before {
+                return None;
+            }
+            let p = Packed::new(Vec::new(), d, cu_seqlens.clone());
+            if !compute {
+                return Some(p);
+            }
+            let mut y = linear(rows, total, &transform.weight, &transform.bias, d, di);
+            if let Some(t) = type_vector {
+                y.par_chunks_mut(d).for_each(|r| {
+                    for (v, tv) in r.iter_mut().zip(t) {
+                        *v += tv;
+                    }
+                });
+            }
+            Some(Packed { rows: y, ..p })
         }
         _ => {
             errs.push(format!(
@@ -424,11 +489,15 @@ pub fn cross_attention(
     linear(&ctx, n, &w.out.weight, &w.out.bias, d, d)
 }
 
-/// FFN module output (before residual): `fc2(GELU(fc1 x))`.
-pub fn ffn(x: &[f32], d: usize, w: &FfnWeights) -> Vec<f32> {
+/// FFN module output (before residual): `fc2(act(fc1 x))`, `act` the
+/// stream's activation (erf GELU or quick GELU).
+pub fn ffn(x: &[f32], d: usize, w: &FfnWeights, act: Activation) -> Vec<f32> {
     let n = x.len() / d;
     let mut h = linear(x, n, &w.fc1.weight, &w.fc1.bias, w.fc1.out, d);
-    gelu_in_place(&mut h);
+    match act {
+        Activation::Gelu => gelu_in_place(&mut h),
+        Activation::QuickGelu => quick_gelu_in_place(&mut h),
+    }
     linear(&h, n, &w.fc2.weight, &w.fc2.bias, d, w.fc2.inp)
 }
 
@@ -465,7 +534,7 @@ pub fn layer(
             let c = cross(&ln(&h, d, &ca.ln, eps), y, ca);
             add_in_place(&mut h, &c);
         }
-        let f = ffn(&ln(&h, d, &w.ffn.ln, eps), d, &w.ffn);
+        let f = ffn(&ln(&h, d, &w.ffn.ln, eps), d, &w.ffn, s.activation);
         add_in_place(&mut h, &f);
         h
     } else {
@@ -478,7 +547,7 @@ pub fn layer(
             add_in_place(&mut h, &c);
             h = ln(&h, d, &ca.ln, eps);
         }
-        let f = ffn(&h, d, &w.ffn);
+        let f = ffn(&h, d, &w.ffn, s.activation);
         add_in_place(&mut h, &f);
         ln(&h, d, &w.ffn.ln, eps)
     }
@@ -496,10 +565,12 @@ fn active_per_seq(mask: Option<&[u8]>, batch: usize, heads: usize) -> Vec<i32> {
         .collect()
 }
 
-/// Validates every stream's input and the context of a cross encoder against
-/// the config, and embeds them: the packed rows entering the first layer.
-/// Every problem is reported together in one [`Error::Input`]. Shared by the
-/// CPU pass and the GPU pass's host-side preparation.
+/// Validates every input stream's input ([`ModelConfig::input_streams`]:
+/// every stream of a basic model) and the context of a cross encoder against
+/// the config, and embeds them: the packed rows entering the streams' first
+/// layers, one per input stream. `embeddings` holds one entry per config
+/// stream. Every problem is reported together in one [`Error::Input`].
+/// Shared by the CPU pass and the GPU pass's host-side preparation.
 pub fn embed_inputs(
     cfg: &ModelConfig,
     embeddings: &[&EmbeddingWeights],
@@ -527,10 +598,17 @@ fn embed_inputs_impl(
     compute: bool,
 ) -> Result<(Vec<Packed>, Option<Packed>)> {
     let ns = cfg.streams.len();
-    if inputs.streams.len() != ns {
+    let input_streams = cfg.input_streams();
+    if inputs.streams.len() != input_streams.len() {
         return Err(Error::Input(vec![format!(
-            "{} stream inputs for a model of {ns} streams",
-            inputs.streams.len()
+            "{} stream inputs for a model taking {} ({})",
+            inputs.streams.len(),
+            input_streams.len(),
+            input_streams
+                .iter()
+                .map(|&s| format!("`{}`", cfg.streams[s].name))
+                .collect::<Vec<_>>()
+                .join(", ")
         )]));
     }
     if embeddings.len() != ns {
@@ -541,10 +619,16 @@ fn embed_inputs_impl(
     }
     let mut errs = Vec::new();
     let mut xs: Vec<Packed> = Vec::new();
-    for ((s, w), inp) in cfg.streams.iter().zip(embeddings).zip(&inputs.streams) {
-        if let Some(p) = embed_or_check(s, w, inp, &mut errs, compute) {
+    for (&si, inp) in input_streams.iter().zip(&inputs.streams) {
+        if let Some(p) = embed_or_check(&cfg.streams[si], embeddings[si], inp, &mut errs, compute) {
             xs.push(p);
         }
+    }
+    if cfg.is_composite() && inputs.context.is_some() {
+        errs.push(format!(
+            "a {:?} model takes no context: its streams feed each other",
+            cfg.kind
+        ));
     }
     let context: Option<Packed> = match cfg.kind {
         ModelKind::CrossEncoder { context_hidden } => match &inputs.context {
@@ -577,9 +661,9 @@ fn embed_inputs_impl(
             if x.batch() != batch {
                 errs.push(format!(
                     "stream `{}` has batch {} but stream `{}` has {batch}",
-                    cfg.streams[i].name,
+                    cfg.streams[input_streams[i]].name,
                     x.batch(),
-                    cfg.streams[0].name
+                    cfg.streams[input_streams[0]].name
                 ));
             }
         }
@@ -598,9 +682,41 @@ fn embed_inputs_impl(
     Ok((xs, context))
 }
 
+/// Hidden states of a pass, per stream (as HuggingFace's `hidden_states`):
+/// `[0]` the rows entering the first layer (after the embedding, and CLIP's
+/// `ln_pre`), `[l + 1]` the rows leaving layer `l` (the rows it kept), each
+/// `[rows, D]` packed in the stream's order; the final LayerNorm, if any, is
+/// in the stream's final rows, not here.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Trace {
+    /// One entry per config stream.
+    pub streams: Vec<Vec<Vec<f32>>>,
+}
+
 /// The whole forward pass (DESIGN.md semantics). Inputs are validated first
-/// and every problem is reported in one [`Error::Input`].
+/// and every problem is reported in one [`Error::Input`]. `inputs.streams`
+/// holds one input per input stream ([`ModelConfig::input_streams`]: every
+/// stream of a basic model; BLIP's image and text; METER's two unimodal
+/// encoders).
 pub fn forward(weights: &Weights, inputs: &Inputs, options: &ForwardOptions) -> Result<Outputs> {
+    run(weights, inputs, options, false).map(|(o, _)| o)
+}
+
+/// [`forward`], also returning every layer's hidden states ([`Trace`]).
+pub fn forward_traced(
+    weights: &Weights,
+    inputs: &Inputs,
+    options: &ForwardOptions,
+) -> Result<(Outputs, Trace)> {
+    run(weights, inputs, options, true)
+}
+
+fn run(
+    weights: &Weights,
+    inputs: &Inputs,
+    options: &ForwardOptions,
+    trace: bool,
+) -> Result<(Outputs, Trace)> {
     let cfg = &weights.config;
     cfg.validate()?;
     let ns = cfg.streams.len();
@@ -613,24 +729,222 @@ pub fn forward(weights: &Weights, inputs: &Inputs, options: &ForwardOptions) -> 
     weights.check()?;
     let embeddings: Vec<&EmbeddingWeights> =
         weights.streams.iter().map(|w| &w.embeddings).collect();
-    let (mut xs, context) = embed_inputs(cfg, &embeddings, inputs)?;
+    let (xs, context) = embed_inputs(cfg, &embeddings, inputs)?;
     let batch = xs[0].batch();
-    let dense = options.dense;
+    let input_streams = cfg.input_streams();
+    // Per config stream: its embedded entering rows (input streams now,
+    // derived streams when their source has run), its output.
+    let mut entering: Vec<Option<Packed>> = vec![None; ns];
+    for (&s, x) in input_streams.iter().zip(xs) {
+        entering[s] = Some(x);
+    }
+    let mut outs: Vec<Option<StreamOutput>> = vec![None; ns];
+    let mut hidden: Vec<Vec<Vec<f32>>> = vec![Vec::new(); ns];
+    // Rows entering each stream's first layer in the dense pass.
+    let mut dense_lengths: Vec<Option<Vec<i32>>> = entering
+        .iter()
+        .map(|x| x.as_ref().map(|p| p.lengths()))
+        .collect();
+    let final_lengths_dense = |dl: &[Option<Vec<i32>>], s: usize| dl[s].clone().unwrap_or_default();
+    for stage in cfg.stages() {
+        let sc = &stage.config;
+        let sw: Vec<&StreamWeights> = stage.streams.iter().map(|&s| &weights.streams[s]).collect();
+        let (xs, ctx, dense_ctx): (Vec<Packed>, Option<Packed>, Option<Vec<i32>>) =
+            match &stage.input {
+                StageInput::Inputs => (
+                    stage
+                        .streams
+                        .iter()
+                        .map(|&s| {
+                            entering[s]
+                                .take()
+                                .unwrap_or_else(|| Packed::new(Vec::new(), 1, vec![0]))
+                        })
+                        .collect(),
+                    context.clone(),
+                    context.as_ref().map(|c| c.lengths()),
+                ),
+                StageInput::ContextFrom(src) => {
+                    let o = outs[*src].as_ref().map(|o| o.packed.clone());
+                    (
+                        stage
+                            .streams
+                            .iter()
+                            .map(|&s| {
+                                entering[s]
+                                    .take()
+                                    .unwrap_or_else(|| Packed::new(Vec::new(), 1, vec![0]))
+                            })
+                            .collect(),
+                        o,
+                        Some(final_lengths_dense(&dense_lengths, *src)),
+                    )
+                }
+                StageInput::RowsFrom(srcs) => {
+                    let mut errs = Vec::new();
+                    let mut xs = Vec::new();
+                    for (&s, &src) in stage.streams.iter().zip(srcs) {
+                        let o = outs[src].as_ref().map(|o| &o.packed);
+                        let input = StreamInput::Packed {
+                            rows: o.map(|p| p.rows.clone()).unwrap_or_default(),
+                            cu_seqlens: o.map(|p| p.cu_seqlens.clone()).unwrap_or_else(|| vec![0]),
+                        };
+                        if let Some(p) = embed(
+                            &cfg.streams[s],
+                            &weights.streams[s].embeddings,
+                            &input,
+                            &mut errs,
+                        ) {
+                            xs.push(p);
+                        }
+                        dense_lengths[s] = Some(final_lengths_dense(&dense_lengths, src));
+                    }
+                    if !errs.is_empty() {
+                        return Err(Error::Input(errs));
+                    }
+                    (xs, None, None)
+                }
+            };
+        let dl: Vec<Vec<i32>> = stage
+            .streams
+            .iter()
+            .map(|&s| final_lengths_dense(&dense_lengths, s))
+            .collect();
+        let (souts, shidden) = run_stage(
+            sc,
+            &sw,
+            xs,
+            ctx,
+            &StageDense {
+                lengths: dl,
+                other: dense_ctx,
+            },
+            options.dense,
+            trace,
+        );
+        for ((&s, o), h) in stage.streams.iter().zip(souts).zip(shidden) {
+            outs[s] = Some(o);
+            hidden[s] = h;
+        }
+    }
+    let streams: Vec<StreamOutput> = outs.into_iter().flatten().collect();
+    let mut total = vec![SequenceFlops::default(); batch];
+    for so in &streams {
+        for (t, f) in total.iter_mut().zip(&so.flops) {
+            t.pruned += f.pruned;
+            t.dense += f.dense;
+        }
+    }
+    let logits = match (&cfg.head, weights.head.as_deref()) {
+        (Some(hc), Some(hw)) => {
+            let hf = head_flops(cfg);
+            for t in &mut total {
+                t.pruned += hf;
+                t.dense += hf;
+            }
+            Some(task_head(cfg, hc, hw, &streams, batch))
+        }
+        _ => None,
+    };
+    Ok((
+        Outputs {
+            streams,
+            flops: total,
+            logits,
+        },
+        Trace { streams: hidden },
+    ))
+}
+
+/// The features a task head reads, `[batch, F]`: over the output streams,
+/// each stream's pooler output, or its final first row without a pooler.
+pub fn head_features(cfg: &ModelConfig, streams: &[StreamOutput], batch: usize) -> Vec<f32> {
+    let outs = cfg.output_streams();
+    let f: usize = outs.iter().map(|&s| cfg.streams[s].hidden).sum();
+    let mut x = vec![0.0f32; batch * f];
+    let mut c0 = 0;
+    for &s in &outs {
+        let d = cfg.streams[s].hidden;
+        let so = &streams[s];
+        let src = so.pooler.as_ref().unwrap_or(&so.pooled_first);
+        for b in 0..batch {
+            x[b * f + c0..b * f + c0 + d].copy_from_slice(&src[b * d..(b + 1) * d]);
+        }
+        c0 += d;
+    }
+    x
+}
+
+/// The task head's logits `[batch, outputs]` (see [`HeadConfig`]).
+fn task_head(
+    cfg: &ModelConfig,
+    hc: &HeadConfig,
+    hw: &HeadWeights,
+    streams: &[StreamOutput],
+    batch: usize,
+) -> Vec<f32> {
+    let x = head_features(cfg, streams, batch);
+    let f = cfg.feature_width();
+    match (hc, hw) {
+        (_, HeadWeights::Itm { fc }) => linear(&x, batch, &fc.weight, &fc.bias, fc.out, f),
+        (HeadConfig::Vqa { ln_eps, .. }, HeadWeights::Vqa { fc1, ln: l, fc2 }) => {
+            let h = linear(&x, batch, &fc1.weight, &fc1.bias, f, f);
+            let mut h = ln(&h, f, l, *ln_eps);
+            gelu_in_place(&mut h);
+            linear(&h, batch, &fc2.weight, &fc2.bias, fc2.out, f)
+        }
+        // Weights::check makes the head weights match the config.
+        (HeadConfig::Itm, HeadWeights::Vqa { .. }) => Vec::new(),
+    }
+}
+
+/// What the dense pass of a whole model feeds a stage: the rows entering
+/// each stage stream's first layer, and a cross encoder's context lengths.
+struct StageDense {
+    lengths: Vec<Vec<i32>>,
+    other: Option<Vec<i32>>,
+}
+
+/// One stage (a basic model) on its embedded entering rows: the layers, the
+/// final LayerNorm, pooling, the pooler, and the FLOPs (pruned, and dense
+/// from `dense`).
+#[allow(clippy::too_many_arguments)]
+fn run_stage(
+    cfg: &ModelConfig,
+    weights: &[&StreamWeights],
+    mut xs: Vec<Packed>,
+    context: Option<Packed>,
+    dense_in: &StageDense,
+    dense: bool,
+    trace: bool,
+) -> (Vec<StreamOutput>, Vec<Vec<Vec<f32>>>) {
+    let ns = cfg.streams.len();
+    let batch = xs[0].batch();
     let nl = cfg.streams[0].layers.len();
     let other_of = |xs: &[Packed], si: usize| -> Option<Packed> {
         match cfg.kind {
-            ModelKind::Encoder => None,
             ModelKind::CoAttention => Some(xs[1 - si].clone()),
             ModelKind::CrossEncoder { .. } => context.clone(),
+            _ => None,
         }
     };
     let initial_lengths: Vec<Vec<i32>> = xs.iter().map(|x| x.lengths()).collect();
+    let mut hidden: Vec<Vec<Vec<f32>>> = xs
+        .iter()
+        .map(|x| {
+            if trace {
+                vec![x.rows.clone()]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
     let mut records: Vec<Vec<LayerRecord>> = vec![Vec::new(); ns];
     for l in 0..nl {
         // 1. token pruners score the entering rows (each sees the other's entering rows).
         let mut keeps: Vec<Option<(Vec<f32>, Vec<bool>)>> = Vec::new();
         for (si, s) in cfg.streams.iter().enumerate() {
-            let lw = &weights.streams[si].layers[l];
+            let lw = &weights[si].layers[l];
             let lc = &s.layers[l];
             keeps.push(match (&lw.token_pruner, &lc.token_pruner) {
                 (Some(tw), Some(tc)) if !dense => {
@@ -680,7 +994,7 @@ pub fn forward(weights: &Weights, inputs: &Inputs, options: &ForwardOptions) -> 
         // 3. head pruners on the compacted rows; 4. the layer.
         let mut outs = Vec::with_capacity(ns);
         for (si, s) in cfg.streams.iter().enumerate() {
-            let lw = &weights.streams[si].layers[l];
+            let lw = &weights[si].layers[l];
             let lc = &s.layers[l];
             let x = &compacted[si];
             let other = other_of(&compacted, si);
@@ -745,6 +1059,9 @@ pub fn forward(weights: &Weights, inputs: &Inputs, options: &ForwardOptions) -> 
                 .collect();
             rec.self_heads = sh;
             rec.cross_heads = ch;
+            if trace {
+                hidden[si].push(y.clone());
+            }
             outs.push(Packed {
                 rows: y,
                 ..x.clone()
@@ -755,11 +1072,10 @@ pub fn forward(weights: &Weights, inputs: &Inputs, options: &ForwardOptions) -> 
         }
         xs = outs;
     }
-    // final LN, pooling, FLOPs.
+    // final LN, pooling, pooler, FLOPs.
     let mut streams = Vec::with_capacity(ns);
-    let mut total = vec![SequenceFlops::default(); batch];
     for (si, (s, mut x)) in cfg.streams.iter().zip(xs).enumerate() {
-        if let Some(f) = &weights.streams[si].final_ln {
+        if let Some(f) = &weights[si].final_ln {
             x.rows = ln(&x.rows, s.hidden, f, s.ln_eps);
         }
         let d = s.hidden;
@@ -772,25 +1088,39 @@ pub fn forward(weights: &Weights, inputs: &Inputs, options: &ForwardOptions) -> 
             }
             pooled_mean[b * d..(b + 1) * d].copy_from_slice(&mean_rows(&x.rows, d, lo, hi));
         }
-        let emb = embedding_flops(s);
+        let pooler = weights[si].pooler.as_ref().map(|p| {
+            let mut y = linear(&pooled_first, batch, &p.weight, &p.bias, d, d);
+            y.iter_mut().for_each(|v| *v = v.tanh());
+            y
+        });
         let other_d = cfg.other_hidden(si);
         let flops: Vec<SequenceFlops> = (0..batch)
             .map(|b| {
+                let n = initial_lengths[si][b] as usize;
+                let nd = dense_in.lengths[si].get(b).copied().unwrap_or(0).max(0) as usize;
+                let emb = embedding_flops(s, n);
+                let emb_dense = embedding_flops(s, nd);
+                let pool = pooler_flops(s);
                 let mut pruned = Flops {
-                    model: emb,
-                    executed: emb,
+                    model: emb + pool,
+                    executed: emb + pool,
                 };
                 for r in &records[si] {
                     pruned += r.flops[b];
                 }
-                let n = initial_lengths[si][b] as usize;
                 let other_rows = match cfg.kind {
-                    ModelKind::Encoder => None,
-                    ModelKind::CoAttention => Some(initial_lengths[1 - si][b] as usize),
-                    ModelKind::CrossEncoder { .. } => context.as_ref().map(|c| c.len(b)),
+                    ModelKind::CoAttention => {
+                        dense_in.lengths[1 - si].get(b).map(|&n| n.max(0) as usize)
+                    }
+                    ModelKind::CrossEncoder { .. } => dense_in
+                        .other
+                        .as_ref()
+                        .and_then(|o| o.get(b))
+                        .map(|&n| n.max(0) as usize),
+                    _ => None,
                 };
-                let dl = dense_layer_flops(s, other_d, n, other_rows);
-                let dense_total = emb + dl * s.layers.len() as u64;
+                let dl = dense_layer_flops(s, other_d, nd, other_rows);
+                let dense_total = emb_dense + pool + dl * s.layers.len() as u64;
                 SequenceFlops {
                     pruned,
                     dense: Flops {
@@ -800,21 +1130,15 @@ pub fn forward(weights: &Weights, inputs: &Inputs, options: &ForwardOptions) -> 
                 }
             })
             .collect();
-        for (t, f) in total.iter_mut().zip(&flops) {
-            t.pruned += f.pruned;
-            t.dense += f.dense;
-        }
         streams.push(StreamOutput {
             name: s.name.clone(),
             packed: x,
             pooled_first,
             pooled_mean,
+            pooler,
             layers: std::mem::take(&mut records[si]),
             flops,
         });
     }
-    Ok(Outputs {
-        streams,
-        flops: total,
-    })
+    (streams, hidden)
 }

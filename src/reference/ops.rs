@@ -42,6 +42,11 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// CLIP's quick GELU: `x * sigmoid(1.702 x)`.
+pub fn quick_gelu(x: f32) -> f32 {
+    x * sigmoid(1.702 * x)
+}
+
 /// Logistic sigmoid `1 / (1 + exp(-x))`.
 pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -104,6 +109,11 @@ pub fn add_in_place(a: &mut [f32], b: &[f32]) {
 /// Applies [`gelu`] to every element.
 pub fn gelu_in_place(a: &mut [f32]) {
     a.par_iter_mut().for_each(|x| *x = gelu(*x));
+}
+
+/// Applies [`quick_gelu`] to every element.
+pub fn quick_gelu_in_place(a: &mut [f32]) {
+    a.par_iter_mut().for_each(|x| *x = quick_gelu(*x));
 }
 
 /// Mean of the `d`-wide rows `x[lo..hi]` (a zero vector when empty), in f64.

@@ -5,7 +5,8 @@
 //! count follows from the config); a BERT stream takes random token ids; a
 //! stream without embedding takes random rows, `N(0, 1)`. Default lengths are
 //! METER's VQA shapes: 40 rows for the first stream (text), 577 for the
-//! second (image); a BLIP cross encoder's context is 577 rows. With
+//! second (image); a BLIP cross encoder's context is 577 rows. Whole models
+//! (BLIP, METER) get inputs for their input streams only. With
 //! `ragged`, sequence `b > 0` of a text-like stream gets a length drawn
 //! between half and all of the default, so batches are ragged.
 
@@ -41,9 +42,9 @@ pub fn synthetic_inputs(config: &ModelConfig, batch: usize, seed: u64, ragged: b
         cu
     };
     let streams = config
-        .streams
-        .iter()
-        .enumerate()
+        .input_streams()
+        .into_iter()
+        .filter_map(|i| config.streams.get(i).map(|s| (i, s)))
         .map(|(i, s)| match &s.embedding {
             EmbeddingConfig::Vit {
                 image_size,
@@ -66,7 +67,7 @@ pub fn synthetic_inputs(config: &ModelConfig, batch: usize, seed: u64, ragged: b
                     cu_seqlens: cu(&lens),
                 }
             }
-            EmbeddingConfig::None => {
+            EmbeddingConfig::None | EmbeddingConfig::Transform { .. } => {
                 let default = if i == 0 { TEXT_ROWS } else { IMAGE_ROWS };
                 let lens = if i == 0 {
                     lengths(default, &mut rng)
@@ -74,8 +75,9 @@ pub fn synthetic_inputs(config: &ModelConfig, batch: usize, seed: u64, ragged: b
                     vec![default; batch]
                 };
                 let total: usize = lens.iter().sum();
+                let width = s.embedding.input_width(s.hidden).unwrap_or(s.hidden);
                 StreamInput::Packed {
-                    rows: (0..total * s.hidden).map(|_| rng.normal()).collect(),
+                    rows: (0..total * width).map(|_| rng.normal()).collect(),
                     cu_seqlens: cu(&lens),
                 }
             }

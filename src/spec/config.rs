@@ -57,6 +57,34 @@ fn default_tau_h() -> f32 {
 fn default_min_heads() -> usize {
     1
 }
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+fn default_head_eps() -> f32 {
+    1e-5
+}
+
+/// The activation of a stream's FFN (the pruners' MLPs always use the erf
+/// GELU).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// GELU, erf form `0.5 x (1 + erf(x / sqrt 2))` (BERT, ViT, BLIP, METER's fusion).
+    #[default]
+    Gelu,
+    /// CLIP's quick GELU `x * sigmoid(1.702 x)`.
+    QuickGelu,
+}
+
+impl Activation {
+    /// Whether this is the default ([`Activation::Gelu`]).
+    pub fn is_default(&self) -> bool {
+        *self == Activation::Gelu
+    }
+}
 
 /// A token pruner placed before a layer of one stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +144,14 @@ pub enum EmbeddingConfig {
         patch_size: usize,
         /// Input channels (3).
         channels: usize,
+        /// Whether the patch projection has a bias (default true; CLIP's has
+        /// none).
+        #[serde(default = "default_true", skip_serializing_if = "is_true")]
+        patch_bias: bool,
+        /// A LayerNorm over the embedded rows before the first layer (CLIP's
+        /// `ln_pre`; default false).
+        #[serde(default, skip_serializing_if = "is_false")]
+        ln: bool,
     },
     /// BERT/RoBERTa: word + position + token-type embeddings, then LayerNorm.
     Bert {
@@ -123,15 +159,38 @@ pub enum EmbeddingConfig {
         vocab_size: usize,
         /// Number of position embeddings.
         max_positions: usize,
-        /// Number of token types (segments).
+        /// Number of token types (segments); 0 for none (BLIP's text
+        /// encoder: no token-type table, no type ids accepted).
         type_vocab_size: usize,
         /// Position id of a sequence's first token (0 for BERT, 2 for RoBERTa).
         #[serde(default)]
         position_offset: usize,
     },
+    /// An input transform in front of a fusion encoder (METER): the stream
+    /// takes packed rows `input_hidden` wide and makes `W x + b` (`W`
+    /// `[hidden, input_hidden]`), plus a modality-type vector when
+    /// `type_vector`.
+    Transform {
+        /// Width of the rows it takes.
+        input_hidden: usize,
+        /// Add a learned modality-type vector `[hidden]` (default true).
+        #[serde(default = "default_true")]
+        type_vector: bool,
+    },
 }
 
 impl EmbeddingConfig {
+    /// Width of the rows a stream with this embedding takes as input
+    /// (`Some(input_hidden)` for a transform, `Some(hidden)` for none, `None`
+    /// for token and pixel inputs).
+    pub fn input_width(&self, hidden: usize) -> Option<usize> {
+        match *self {
+            EmbeddingConfig::None => Some(hidden),
+            EmbeddingConfig::Transform { input_hidden, .. } => Some(input_hidden),
+            _ => None,
+        }
+    }
+
     /// Rows per image for a ViT embedding (`1 + (image/patch)^2`).
     pub fn vit_rows(&self) -> Option<usize> {
         match *self {
@@ -164,9 +223,17 @@ pub struct StreamConfig {
     /// Pre-LN (ViT) if true, post-LN (BERT, METER, BLIP) if false.
     #[serde(default)]
     pub pre_ln: bool,
-    /// A LayerNorm after the last layer (ViT).
+    /// A LayerNorm after the last layer (ViT; CLIP's `ln_post` as METER
+    /// uses it), on every row.
     #[serde(default)]
     pub final_ln: bool,
+    /// The FFN activation (default `gelu`, erf form; `quick_gelu` for CLIP).
+    #[serde(default, skip_serializing_if = "Activation::is_default")]
+    pub activation: Activation,
+    /// A pooler on the final first row: `tanh(W x_0 + b)`, `W` `[D, D]`
+    /// (default false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pooler: bool,
     /// The stream's embedding.
     pub embedding: EmbeddingConfig,
     /// One entry per layer.
@@ -205,6 +272,49 @@ pub enum ModelKind {
         /// Width of the context rows.
         context_hidden: usize,
     },
+    /// BLIP (ITM / VQA encoders), a whole model: `streams[0]` the image
+    /// encoder (a ViT of `EncoderLayer`s, its pruners inside it), then
+    /// `streams[1]` the text encoder (BERT-style embeddings, `CrossLayer`s)
+    /// whose every layer cross-attends the image encoder's final rows — after
+    /// the image encoder's pruning — as its fixed other stream.
+    Blip,
+    /// METER, a whole model: `streams[0]` the text encoder (RoBERTa) and
+    /// `streams[1]` the image encoder (CLIP ViT), each a single stream of
+    /// `EncoderLayer`s; then the co-attention fusion encoder, `streams[2]`
+    /// (text) and `streams[3]` (image) in lockstep, whose inputs are the
+    /// final rows of `streams[0]` / `streams[1]` through their input
+    /// transforms ([`EmbeddingConfig::Transform`]).
+    Meter,
+}
+
+/// A task head on the model's features (the concatenation, over
+/// [`ModelConfig::output_streams`], of each stream's pooler output, or of
+/// its final first row when it has no pooler): `F` wide.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum HeadConfig {
+    /// Image-text matching logits: `Linear(F, 2)` (METER's `itm_score`,
+    /// BLIP's `itm_head`).
+    Itm,
+    /// METER's VQA classifier: `Linear(F, F)`, `LayerNorm`, GELU (erf),
+    /// `Linear(F, labels)`.
+    Vqa {
+        /// Answer classes (3129 for VQAv2).
+        labels: usize,
+        /// Epsilon of the head's LayerNorm (default 1e-5, PyTorch's).
+        #[serde(default = "default_head_eps")]
+        ln_eps: f32,
+    },
+}
+
+impl HeadConfig {
+    /// Width of the logits.
+    pub fn outputs(&self) -> usize {
+        match *self {
+            HeadConfig::Itm => 2,
+            HeadConfig::Vqa { labels, .. } => labels,
+        }
+    }
 }
 
 /// A whole model.
@@ -214,6 +324,36 @@ pub struct ModelConfig {
     pub kind: ModelKind,
     /// The streams, in order (see [`ModelKind`]).
     pub streams: Vec<StreamConfig>,
+    /// An optional task head on the output streams' features.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<HeadConfig>,
+}
+
+/// Where a [`Stage`]'s streams get their rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StageInput {
+    /// From the model's inputs (tokens, pixels, packed rows).
+    Inputs,
+    /// From the model's inputs, with a cross encoder's context made of the
+    /// final rows of whole-model stream `.0` (BLIP's text encoder).
+    ContextFrom(usize),
+    /// Each stream's packed rows are the final rows of a whole-model stream
+    /// (METER's fusion encoder: stage stream `i` takes stream `.0[i]`'s).
+    RowsFrom(Vec<usize>),
+}
+
+/// One step of a whole model: a model of one of the basic kinds
+/// ([`ModelKind::Encoder`], [`ModelKind::CoAttention`],
+/// [`ModelKind::CrossEncoder`]) over some of the whole model's streams.
+/// Basic models are one stage; BLIP is two, METER three.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stage {
+    /// The stage as a model of its own (its streams copied, no head).
+    pub config: ModelConfig,
+    /// Whole-model stream index of each stage stream.
+    pub streams: Vec<usize>,
+    /// Where its rows come from.
+    pub input: StageInput,
 }
 
 impl ModelConfig {
@@ -247,25 +387,185 @@ impl ModelConfig {
         })
     }
 
-    /// Whether layers of this model are `CrossLayer`s (self-attn, cross-attn, FFN).
+    /// Whether layers of this (basic) model are `CrossLayer`s (self-attn,
+    /// cross-attn, FFN); for whole models, whether any stream's are (see
+    /// [`ModelConfig::stream_is_cross`]).
     pub fn is_cross(&self) -> bool {
         !matches!(self.kind, ModelKind::Encoder)
     }
 
-    /// Width of the other stream seen by stream `s` (`None` for single-stream models).
+    /// Whether stream `s`'s layers are `CrossLayer`s.
+    pub fn stream_is_cross(&self, s: usize) -> bool {
+        match self.kind {
+            ModelKind::Encoder => false,
+            ModelKind::CoAttention | ModelKind::CrossEncoder { .. } => true,
+            ModelKind::Blip => s == 1,
+            ModelKind::Meter => s >= 2,
+        }
+    }
+
+    /// Whether this is a whole model of several stages ([`ModelKind::Blip`],
+    /// [`ModelKind::Meter`]).
+    pub fn is_composite(&self) -> bool {
+        matches!(self.kind, ModelKind::Blip | ModelKind::Meter)
+    }
+
+    /// Width of the other stream seen by stream `s` (`None` for single-stream
+    /// models and streams).
     pub fn other_hidden(&self, s: usize) -> Option<usize> {
+        let h = |i: usize| self.streams.get(i).map(|o| o.hidden);
         match self.kind {
             ModelKind::Encoder => None,
-            ModelKind::CoAttention => self.streams.get(1 - s.min(1)).map(|o| o.hidden),
+            ModelKind::CoAttention => h(1 - s.min(1)),
             ModelKind::CrossEncoder { context_hidden } => Some(context_hidden),
+            ModelKind::Blip => (s == 1).then(|| h(0)).flatten(),
+            ModelKind::Meter => match s {
+                2 => h(3),
+                3 => h(2),
+                _ => None,
+            },
         }
+    }
+
+    /// The streams that take the model's inputs (tokens, pixels or packed
+    /// rows), in order: every stream of a basic model; BLIP's image and text
+    /// streams; METER's two unimodal encoders (its fusion streams take
+    /// their rows from them).
+    pub fn input_streams(&self) -> Vec<usize> {
+        match self.kind {
+            ModelKind::Meter => vec![0, 1],
+            _ => (0..self.streams.len()).collect(),
+        }
+    }
+
+    /// The streams whose features a task head reads (and that a user reads
+    /// first): every stream of a basic model; BLIP's text stream; METER's
+    /// two fusion streams (text, image).
+    pub fn output_streams(&self) -> Vec<usize> {
+        match self.kind {
+            ModelKind::Blip => vec![1],
+            ModelKind::Meter => vec![2, 3],
+            _ => (0..self.streams.len()).collect(),
+        }
+    }
+
+    /// Width `F` of the features a head reads (sum of the output streams'
+    /// hidden sizes).
+    pub fn feature_width(&self) -> usize {
+        self.output_streams()
+            .into_iter()
+            .filter_map(|s| self.streams.get(s).map(|c| c.hidden))
+            .sum()
+    }
+
+    /// The stages of the model, in the order they run (see [`Stage`]). For a
+    /// basic model, one stage: the model itself (without its head).
+    pub fn stages(&self) -> Vec<Stage> {
+        let sub = |kind: ModelKind, idx: &[usize]| ModelConfig {
+            kind,
+            streams: idx
+                .iter()
+                .filter_map(|&i| self.streams.get(i).cloned())
+                .collect(),
+            head: None,
+        };
+        match self.kind {
+            ModelKind::Blip => vec![
+                Stage {
+                    config: sub(ModelKind::Encoder, &[0]),
+                    streams: vec![0],
+                    input: StageInput::Inputs,
+                },
+                Stage {
+                    config: sub(
+                        ModelKind::CrossEncoder {
+                            context_hidden: self.streams.first().map_or(0, |s| s.hidden),
+                        },
+                        &[1],
+                    ),
+                    streams: vec![1],
+                    input: StageInput::ContextFrom(0),
+                },
+            ],
+            ModelKind::Meter => vec![
+                Stage {
+                    config: sub(ModelKind::Encoder, &[0]),
+                    streams: vec![0],
+                    input: StageInput::Inputs,
+                },
+                Stage {
+                    config: sub(ModelKind::Encoder, &[1]),
+                    streams: vec![1],
+                    input: StageInput::Inputs,
+                },
+                Stage {
+                    config: sub(ModelKind::CoAttention, &[2, 3]),
+                    streams: vec![2, 3],
+                    input: StageInput::RowsFrom(vec![0, 1]),
+                },
+            ],
+            _ => vec![Stage {
+                config: ModelConfig {
+                    head: None,
+                    ..self.clone()
+                },
+                streams: (0..self.streams.len()).collect(),
+                input: StageInput::Inputs,
+            }],
+        }
+    }
+
+    /// The streams SmartTrim prunes: every stream of a basic model; both of
+    /// BLIP's; METER's fusion streams (its unimodal encoders run dense).
+    pub fn pruned_streams(&self) -> Vec<usize> {
+        match self.kind {
+            ModelKind::Meter => vec![2, 3],
+            _ => (0..self.streams.len()).collect(),
+        }
+    }
+
+    /// This config with SmartTrim-style pruners, placed as the presets place
+    /// them, on every stream of [`ModelConfig::pruned_streams`] (others and
+    /// existing pruners are replaced by none): with `n` layers, token
+    /// pruners (threshold 0.5) at layers `n/4`, `n/2`, `3n/4` and head
+    /// pruners (self, and cross in cross layers) from layer `n/6` on when
+    /// `n >= 8` (BLIP's 12 layers: 3, 6, 9 and from 2); token pruners at
+    /// layers `1 ..= n - 2` and head pruners from layer 1 otherwise (METER's
+    /// 6 fusion layers: 1 to 4, from 1).
+    pub fn with_default_pruners(&self) -> ModelConfig {
+        let mut c = super::schedule::without_pruners(self);
+        for s in self.pruned_streams() {
+            let cross = self.stream_is_cross(s);
+            let Some(sc) = c.streams.get_mut(s) else {
+                continue;
+            };
+            let n = sc.layers.len();
+            let (token_at, heads_from): (Vec<usize>, usize) = if n >= 8 {
+                (vec![n / 4, n / 2, 3 * n / 4], n / 6)
+            } else {
+                ((1..n.saturating_sub(1)).collect(), 1)
+            };
+            sc.layers = layers(n, &token_at, heads_from, cross);
+        }
+        c
+    }
+
+    /// Layers of the deepest stream (the length of a pass's `[layer][stream]`
+    /// statistics; streams with fewer layers have empty entries past theirs).
+    pub fn max_layers(&self) -> usize {
+        self.streams
+            .iter()
+            .map(|s| s.layers.len())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Checks every constraint, reporting the first problem found as [`Error::Config`].
     pub fn validate(&self) -> Result<()> {
         let mut errs = Vec::new();
         let want = match self.kind {
-            ModelKind::CoAttention => 2,
+            ModelKind::CoAttention | ModelKind::Blip => 2,
+            ModelKind::Meter => 4,
             _ => 1,
         };
         if self.streams.len() != want {
@@ -280,19 +580,92 @@ impl ModelConfig {
                 errs.push("context_hidden must be positive".into());
             }
         }
-        if self.kind == ModelKind::CoAttention && self.streams.len() == 2 {
-            if self.streams[0].layers.len() != self.streams[1].layers.len() {
+        let lockstep = match self.kind {
+            ModelKind::CoAttention => Some((0, 1)),
+            ModelKind::Meter => Some((2, 3)),
+            _ => None,
+        };
+        if let (Some((a, b)), true) = (lockstep, self.streams.len() == want) {
+            if self.streams[a].layers.len() != self.streams[b].layers.len() {
                 errs.push(format!(
                     "co-attention streams must have the same number of layers ({} vs {})",
-                    self.streams[0].layers.len(),
-                    self.streams[1].layers.len()
+                    self.streams[a].layers.len(),
+                    self.streams[b].layers.len()
                 ));
             }
-            if self.streams[0].name == self.streams[1].name {
-                errs.push("stream names must differ".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for s in &self.streams {
+            if !names.insert(s.name.as_str()) {
+                errs.push(format!("stream names must differ (`{}` twice)", s.name));
+            }
+            if s.name == "head" || s.name == "flops" {
+                errs.push(format!(
+                    "stream name `{}` is reserved (tensor names `head.*`, `flops.*`)",
+                    s.name
+                ));
             }
         }
-        for s in &self.streams {
+        if self.streams.len() == want {
+            let emb = |i: usize| &self.streams[i].embedding;
+            let name = |i: usize| &self.streams[i].name;
+            match self.kind {
+                ModelKind::Blip => {
+                    if !matches!(emb(0), EmbeddingConfig::Vit { .. }) {
+                        errs.push(format!(
+                            "BLIP: stream 0 (`{}`) is the image encoder and needs a ViT embedding",
+                            name(0)
+                        ));
+                    }
+                    if !matches!(emb(1), EmbeddingConfig::Bert { .. }) {
+                        errs.push(format!(
+                            "BLIP: stream 1 (`{}`) is the text encoder and needs a BERT embedding",
+                            name(1)
+                        ));
+                    }
+                }
+                ModelKind::Meter => {
+                    if !matches!(emb(0), EmbeddingConfig::Bert { .. }) {
+                        errs.push(format!(
+                            "METER: stream 0 (`{}`) is the text encoder and needs a BERT embedding",
+                            name(0)
+                        ));
+                    }
+                    if !matches!(emb(1), EmbeddingConfig::Vit { .. }) {
+                        errs.push(format!(
+                            "METER: stream 1 (`{}`) is the image encoder and needs a ViT embedding",
+                            name(1)
+                        ));
+                    }
+                    for (f, src) in [(2, 0), (3, 1)] {
+                        match *emb(f) {
+                            EmbeddingConfig::Transform { input_hidden, .. }
+                                if input_hidden == self.streams[src].hidden => {}
+                            _ => errs.push(format!(
+                                "METER: fusion stream {f} (`{}`) needs a transform embedding \
+                                 with input_hidden = {} (the hidden size of `{}`)",
+                                name(f),
+                                self.streams[src].hidden,
+                                name(src)
+                            )),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        match &self.head {
+            Some(HeadConfig::Vqa { labels, ln_eps }) => {
+                if *labels == 0 {
+                    errs.push("the VQA head needs labels > 0".into());
+                }
+                if !(ln_eps.is_finite() && *ln_eps > 0.0) {
+                    errs.push("the VQA head's ln_eps must be positive and finite".into());
+                }
+            }
+            Some(HeadConfig::Itm) | None => {}
+        }
+        for (si, s) in self.streams.iter().enumerate() {
             let n = &s.name;
             if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 errs.push(format!(
@@ -314,10 +687,18 @@ impl ModelConfig {
             }
             match s.embedding {
                 EmbeddingConfig::None => {}
+                EmbeddingConfig::Transform { input_hidden, .. } => {
+                    if input_hidden == 0 {
+                        errs.push(format!(
+                            "stream `{n}`: the input transform's input_hidden must be positive"
+                        ));
+                    }
+                }
                 EmbeddingConfig::Vit {
                     image_size,
                     patch_size,
                     channels,
+                    ..
                 } => {
                     if patch_size == 0 || channels == 0 || image_size == 0 {
                         errs.push(format!("stream `{n}`: ViT sizes must be positive"));
@@ -327,15 +708,15 @@ impl ModelConfig {
                         ));
                     }
                 }
+                // type_vocab_size 0: no token types (BLIP's text encoder).
                 EmbeddingConfig::Bert {
                     vocab_size,
                     max_positions,
-                    type_vocab_size,
                     ..
                 } => {
-                    if vocab_size == 0 || max_positions == 0 || type_vocab_size == 0 {
+                    if vocab_size == 0 || max_positions == 0 {
                         errs.push(format!(
-                            "stream `{n}`: vocab_size, max_positions and type_vocab_size must be positive"
+                            "stream `{n}`: vocab_size and max_positions must be positive"
                         ));
                     }
                 }
@@ -379,7 +760,7 @@ impl ModelConfig {
                         }
                     }
                 }
-                if lc.cross_head_pruner.is_some() && !self.is_cross() {
+                if lc.cross_head_pruner.is_some() && !self.stream_is_cross(si) {
                     errs.push(format!(
                         "stream `{n}` layer {l}: cross head pruner on a model without cross-attention"
                     ));
@@ -449,6 +830,8 @@ impl ModelConfig {
                 ln_eps: eps,
                 pre_ln: false,
                 final_ln: false,
+                activation: Activation::Gelu,
+                pooler: false,
                 embedding: EmbeddingConfig::Bert {
                     vocab_size,
                     max_positions,
@@ -457,6 +840,7 @@ impl ModelConfig {
                 },
                 layers: vec![LayerConfig::default(); layers],
             }],
+            head: None,
         };
         c.validate()?;
         Ok(c)
@@ -473,6 +857,10 @@ pub const PRESETS: &[&str] = &[
     "tiny-vit",
     "tiny-bert",
     "tiny-blip",
+    "blip",
+    "meter-full",
+    "tiny-blip-full",
+    "tiny-meter-full",
 ];
 
 fn tp(tau: f32) -> Option<TokenPrunerConfig> {
@@ -521,8 +909,94 @@ fn stream(
         ln_eps: eps,
         pre_ln,
         final_ln: pre_ln,
+        activation: Activation::Gelu,
+        pooler: false,
         embedding,
         layers,
+    }
+}
+
+/// A CLIP ViT image encoder as METER builds it: pre-LN layers, `ln_pre`,
+/// `ln_post` on every row, quick GELU, no patch bias, eps 1e-5.
+fn clip_stream(
+    name: &str,
+    hidden: usize,
+    heads: usize,
+    image_size: usize,
+    patch_size: usize,
+    layers: Vec<LayerConfig>,
+) -> StreamConfig {
+    StreamConfig {
+        activation: Activation::QuickGelu,
+        ..stream(
+            name,
+            hidden,
+            heads,
+            4 * hidden,
+            1e-5,
+            true,
+            EmbeddingConfig::Vit {
+                image_size,
+                patch_size,
+                channels: 3,
+                patch_bias: false,
+                ln: true,
+            },
+            layers,
+        )
+    }
+}
+
+/// A RoBERTa text encoder (one token type, positions from 2, eps 1e-5).
+fn roberta_stream(
+    name: &str,
+    hidden: usize,
+    heads: usize,
+    vocab_size: usize,
+    max_positions: usize,
+    layers: usize,
+) -> StreamConfig {
+    stream(
+        name,
+        hidden,
+        heads,
+        4 * hidden,
+        1e-5,
+        false,
+        EmbeddingConfig::Bert {
+            vocab_size,
+            max_positions,
+            type_vocab_size: 1,
+            position_offset: 2,
+        },
+        vec![LayerConfig::default(); layers],
+    )
+}
+
+/// One of METER's fusion streams: post-LN co-attention layers (eps 1e-12)
+/// over an input transform from `input_hidden`, with a pooler.
+fn fusion_stream(
+    name: &str,
+    hidden: usize,
+    heads: usize,
+    input_hidden: usize,
+    layers: Vec<LayerConfig>,
+) -> StreamConfig {
+    StreamConfig {
+        pooler: true,
+        ..stream(
+            name,
+            hidden,
+            heads,
+            4 * hidden,
+            1e-12,
+            false,
+            EmbeddingConfig::Transform {
+                input_hidden,
+                type_vector: true,
+            },
+            layers,
+        )
     }
 }
 
@@ -541,9 +1015,21 @@ fn stream(
 ///   (`tiny-meter`: 3 lockstep layers, pruners from layer 1; `tiny-vit`:
 ///   32 px images, 8 px patches (17 rows), 3 layers; `tiny-bert`: vocab 100,
 ///   3 layers; `tiny-blip`: 3 cross layers over a 48-wide context).
+/// - `blip`: BLIP ITM (base, 384 px) end to end: the `blip-vit` image
+///   encoder (eps 1e-5 as HuggingFace's configs) with its pruners, then the
+///   `blip-text` text encoder (no token types) cross-attending its pruned
+///   final rows, and the ITM head on the text's first row.
+/// - `meter-full`: METER VQA (576 px, 1297 image rows) end to end: RoBERTa
+///   base (12 layers), CLIP ViT-B/16 as METER builds it (11 layers, `ln_pre`,
+///   `ln_post` on every row, quick GELU), the input transforms and
+///   modality-type vectors, the 6-layer fusion encoder with the `meter`
+///   preset's pruners, the two poolers and the VQA head (3129 answers).
+/// - `tiny-blip-full`, `tiny-meter-full`: the same structures at hidden 64
+///   (METER's unimodal encoders 32 wide), 32 px images with 8 px patches.
 pub fn preset(name: &str) -> Result<ModelConfig> {
     let c = match name {
         "meter" => ModelConfig {
+            head: None,
             kind: ModelKind::CoAttention,
             streams: vec![
                 stream(
@@ -569,6 +1055,7 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
             ],
         },
         "blip-vit" => ModelConfig {
+            head: None,
             kind: ModelKind::Encoder,
             streams: vec![stream(
                 "image",
@@ -581,11 +1068,14 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
                     image_size: 384,
                     patch_size: 16,
                     channels: 3,
+                    patch_bias: true,
+                    ln: false,
                 },
                 layers(12, &[3, 6, 9], 2, false),
             )],
         },
         "blip-text" => ModelConfig {
+            head: None,
             kind: ModelKind::CrossEncoder {
                 context_hidden: 768,
             },
@@ -606,6 +1096,7 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
             )],
         },
         "bert-base" => ModelConfig {
+            head: None,
             kind: ModelKind::Encoder,
             streams: vec![stream(
                 "text",
@@ -624,6 +1115,7 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
             )],
         },
         "tiny-meter" => ModelConfig {
+            head: None,
             kind: ModelKind::CoAttention,
             streams: vec![
                 stream(
@@ -649,6 +1141,7 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
             ],
         },
         "tiny-vit" => ModelConfig {
+            head: None,
             kind: ModelKind::Encoder,
             streams: vec![stream(
                 "image",
@@ -661,11 +1154,14 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
                     image_size: 32,
                     patch_size: 8,
                     channels: 3,
+                    patch_bias: true,
+                    ln: false,
                 },
                 layers(3, &[1, 2], 1, false),
             )],
         },
         "tiny-bert" => ModelConfig {
+            head: None,
             kind: ModelKind::Encoder,
             streams: vec![stream(
                 "text",
@@ -684,6 +1180,7 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
             )],
         },
         "tiny-blip" => ModelConfig {
+            head: None,
             kind: ModelKind::CrossEncoder { context_hidden: 48 },
             streams: vec![stream(
                 "text",
@@ -700,6 +1197,124 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
                 },
                 layers(3, &[1, 2], 1, true),
             )],
+        },
+        "blip" => {
+            let mut image = stream(
+                "image",
+                768,
+                12,
+                3072,
+                1e-5,
+                true,
+                EmbeddingConfig::Vit {
+                    image_size: 384,
+                    patch_size: 16,
+                    channels: 3,
+                    patch_bias: true,
+                    ln: false,
+                },
+                layers(12, &[3, 6, 9], 2, false),
+            );
+            image.final_ln = true;
+            ModelConfig {
+                kind: ModelKind::Blip,
+                streams: vec![
+                    image,
+                    stream(
+                        "text",
+                        768,
+                        12,
+                        3072,
+                        1e-12,
+                        false,
+                        EmbeddingConfig::Bert {
+                            vocab_size: 30524,
+                            max_positions: 512,
+                            type_vocab_size: 0,
+                            position_offset: 0,
+                        },
+                        layers(12, &[3, 6, 9], 2, true),
+                    ),
+                ],
+                head: Some(HeadConfig::Itm),
+            }
+        }
+        "meter-full" => ModelConfig {
+            kind: ModelKind::Meter,
+            streams: vec![
+                roberta_stream("text_encoder", 768, 12, 50265, 514, 12),
+                clip_stream(
+                    "image_encoder",
+                    768,
+                    12,
+                    576,
+                    16,
+                    vec![LayerConfig::default(); 11],
+                ),
+                fusion_stream("text", 768, 12, 768, layers(6, &[1, 2, 3, 4], 1, true)),
+                fusion_stream("image", 768, 12, 768, layers(6, &[1, 2, 3, 4], 1, true)),
+            ],
+            head: Some(HeadConfig::Vqa {
+                labels: 3129,
+                ln_eps: 1e-5,
+            }),
+        },
+        "tiny-blip-full" => ModelConfig {
+            kind: ModelKind::Blip,
+            streams: vec![
+                stream(
+                    "image",
+                    64,
+                    4,
+                    128,
+                    1e-5,
+                    true,
+                    EmbeddingConfig::Vit {
+                        image_size: 32,
+                        patch_size: 8,
+                        channels: 3,
+                        patch_bias: true,
+                        ln: false,
+                    },
+                    layers(3, &[1, 2], 1, false),
+                ),
+                stream(
+                    "text",
+                    64,
+                    4,
+                    128,
+                    1e-12,
+                    false,
+                    EmbeddingConfig::Bert {
+                        vocab_size: 100,
+                        max_positions: 64,
+                        type_vocab_size: 0,
+                        position_offset: 0,
+                    },
+                    layers(3, &[1, 2], 1, true),
+                ),
+            ],
+            head: Some(HeadConfig::Itm),
+        },
+        "tiny-meter-full" => ModelConfig {
+            kind: ModelKind::Meter,
+            streams: vec![
+                roberta_stream("text_encoder", 32, 2, 100, 66, 2),
+                clip_stream(
+                    "image_encoder",
+                    32,
+                    2,
+                    32,
+                    8,
+                    vec![LayerConfig::default(); 2],
+                ),
+                fusion_stream("text", 64, 4, 32, layers(3, &[1, 2], 1, true)),
+                fusion_stream("image", 64, 4, 32, layers(3, &[1, 2], 1, true)),
+            ],
+            head: Some(HeadConfig::Vqa {
+                labels: 10,
+                ln_eps: 1e-5,
+            }),
         },
         _ => {
             return Err(Error::Config(format!(
@@ -742,5 +1357,94 @@ mod tests {
         assert_eq!(r.budget(40), 20);
         assert_eq!(KeepRule::Budget { rho: 0.01 }.budget(5), 1);
         assert_eq!(KeepRule::Budget { rho: 1.0 }.budget(31), 31);
+    }
+
+    #[test]
+    fn whole_models_have_stages() {
+        let b = preset("blip").unwrap();
+        let st = b.stages();
+        assert_eq!(st.len(), 2);
+        assert_eq!(st[0].config.kind, ModelKind::Encoder);
+        assert_eq!(
+            st[1].config.kind,
+            ModelKind::CrossEncoder {
+                context_hidden: 768
+            }
+        );
+        assert_eq!(st[1].input, StageInput::ContextFrom(0));
+        assert_eq!(b.other_hidden(0), None);
+        assert_eq!(b.other_hidden(1), Some(768));
+        assert!(!b.stream_is_cross(0) && b.stream_is_cross(1));
+        assert_eq!(b.feature_width(), 768);
+        let m = preset("meter-full").unwrap();
+        let st = m.stages();
+        assert_eq!(st.len(), 3);
+        assert_eq!(st[2].streams, vec![2, 3]);
+        assert_eq!(st[2].input, StageInput::RowsFrom(vec![0, 1]));
+        assert_eq!(m.input_streams(), vec![0, 1]);
+        assert_eq!(m.output_streams(), vec![2, 3]);
+        assert_eq!(m.feature_width(), 1536);
+        assert_eq!(m.max_layers(), 12);
+        assert_eq!(m.streams[1].embedding.vit_rows(), Some(1297));
+        assert_eq!(m.streams[1].layers.len(), 11);
+        // A basic model is its own single stage, without its head.
+        let t = preset("tiny-meter").unwrap();
+        let st = t.stages();
+        assert_eq!(st.len(), 1);
+        assert_eq!(st[0].config, t);
+    }
+
+    #[test]
+    fn whole_models_are_validated() {
+        let mut b = preset("tiny-blip-full").unwrap();
+        b.streams.swap(0, 1);
+        let e = b.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("needs a ViT embedding") && e.contains("needs a BERT"),
+            "{e}"
+        );
+        let mut m = preset("tiny-meter-full").unwrap();
+        m.streams[2].embedding = EmbeddingConfig::Transform {
+            input_hidden: 48,
+            type_vector: true,
+        };
+        m.streams[3].layers.pop();
+        m.streams[0].layers[0].cross_head_pruner = Some(HeadPrunerConfig {
+            tau_h: 0.5,
+            min_heads: 1,
+            hidden: None,
+        });
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.contains("input_hidden = 32"), "{e}");
+        assert!(e.contains("same number of layers"), "{e}");
+        assert!(e.contains("cross head pruner"), "{e}");
+        let mut m = preset("tiny-meter-full").unwrap();
+        m.streams[3].name = "text".into();
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.contains("`text` twice"), "{e}");
+        // Unknown fields of a head are refused.
+        let j = preset("tiny-meter-full")
+            .unwrap()
+            .to_json()
+            .unwrap()
+            .replace("\"labels\": 10", "\"labels\": 10, \"lables\": 3");
+        assert!(ModelConfig::from_json(&j).is_err());
+    }
+
+    #[test]
+    fn default_pruners_match_the_presets() {
+        use crate::spec::schedule::without_pruners;
+        for name in ["blip", "meter-full", "meter"] {
+            let c = preset(name).unwrap();
+            assert_eq!(without_pruners(&c).with_default_pruners(), c, "{name}");
+        }
+        let t = preset("tiny-meter-full").unwrap();
+        let d = t.with_default_pruners();
+        assert!(d.streams[0]
+            .layers
+            .iter()
+            .all(|l| *l == LayerConfig::default()));
+        assert!(d.streams[2].layers[1].token_pruner.is_some());
+        assert!(d.streams[2].layers[1].cross_head_pruner.is_some());
     }
 }

@@ -20,7 +20,11 @@
 //! - token pruner (on the `n` entering rows): `2 n D Hs` (W1x) `+ 2 n Hs`
 //!   (w2) `+ 2 D Hs` (W1s) `+ 2 Do Hs` (W1c, two streams);
 //! - head pruner: `2 (D + Do) hh + 2 hh H` (`Do = 0` single stream);
-//! - ViT patch embedding: `2 P D (C p^2)` for `P` patches (once per image).
+//! - ViT patch embedding: `2 P D (C p^2)` for `P` patches (once per image);
+//! - input transform (METER's fusion streams): `2 n D D_in` on the `n` rows
+//!   the source hands on;
+//! - pooler: `2 D^2` per sequence; task head: `2 F 2` (ITM) or
+//!   `2 F F + 2 F labels` (VQA) per instance, `F` the feature width.
 //!
 //! **Executed FLOPs**: what an implementation does that skips pruned tokens
 //! everywhere but inactive heads only inside attention: projections (QKV,
@@ -31,7 +35,7 @@
 //! **Dense**: the same model with no pruners at all (`n' = n`, `a = c = H`,
 //! no pruner cost); executed and model FLOPs of the dense pass are equal.
 
-use super::config::{EmbeddingConfig, LayerConfig, StreamConfig};
+use super::config::{EmbeddingConfig, HeadConfig, LayerConfig, ModelConfig, StreamConfig};
 
 /// Model and executed FLOPs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -149,9 +153,10 @@ pub fn dense_layer_flops(
     layer_flops(s, &LayerConfig::default(), other_d, &c).model
 }
 
-/// FLOPs of the stream's embedding for one sequence (ViT patch GEMM; BERT
-/// lookups cost nothing).
-pub fn embedding_flops(s: &StreamConfig) -> u64 {
+/// FLOPs of the stream's embedding for one sequence of `rows` rows (ViT
+/// patch GEMM, once per image whatever `rows`; an input transform
+/// `2 rows D D_in`; BERT lookups cost nothing).
+pub fn embedding_flops(s: &StreamConfig, rows: usize) -> u64 {
     match s.embedding {
         EmbeddingConfig::Vit {
             patch_size,
@@ -161,7 +166,35 @@ pub fn embedding_flops(s: &StreamConfig) -> u64 {
             let patches = s.embedding.vit_rows().unwrap_or(1) as u64 - 1;
             2 * patches * (s.hidden as u64) * (channels * patch_size * patch_size) as u64
         }
+        EmbeddingConfig::Transform { input_hidden, .. } => {
+            2 * rows as u64 * s.hidden as u64 * input_hidden as u64
+        }
         _ => 0,
+    }
+}
+
+/// FLOPs of the stream's pooler for one sequence (`2 D^2`; 0 without one).
+pub fn pooler_flops(s: &StreamConfig) -> u64 {
+    if s.pooler {
+        2 * (s.hidden as u64).pow(2)
+    } else {
+        0
+    }
+}
+
+/// FLOPs of the model's task head for one instance (`F` the feature width:
+/// ITM `2 F 2`; VQA `2 F F + 2 F labels`; 0 without a head), the same for
+/// the pruned and the dense pass.
+pub fn head_flops(cfg: &ModelConfig) -> Flops {
+    let f = cfg.feature_width() as u64;
+    let n = match cfg.head {
+        None => 0,
+        Some(HeadConfig::Itm) => 2 * f * 2,
+        Some(HeadConfig::Vqa { labels, .. }) => 2 * f * f + 2 * f * labels as u64,
+    };
+    Flops {
+        model: n,
+        executed: n,
     }
 }
 
@@ -186,11 +219,14 @@ pub struct LayerRun<'a> {
 }
 
 /// FLOPs of one stream of a pass from what ran at each layer: per layer the
-/// per-sequence [`Flops`], and per sequence the totals (embedding included)
-/// of the pruned pass and of the dense pass of the same inputs
-/// (`initial`: the stream's lengths entering the first layer;
-/// `other_initial`: the other stream's or context's, for the dense cross
-/// cost). The same accounting as the CPU reference reports.
+/// per-sequence [`Flops`], and per sequence the totals (embedding and pooler
+/// included) of the pruned pass and of the dense pass of the same inputs
+/// (`initial`: the stream's lengths entering the first layer in the dense
+/// pass; `other_initial`: the other stream's or context's in the dense
+/// pass, for the dense cross cost; in a whole model these are the rows the
+/// dense pass feeds the stream, e.g. METER's fusion streams get the
+/// unimodal encoders' unpruned rows). The same accounting as the CPU
+/// reference reports.
 pub fn stream_flops(
     s: &StreamConfig,
     other_d: Option<usize>,
@@ -221,9 +257,12 @@ pub fn stream_flops(
                 .collect()
         })
         .collect();
-    let emb = embedding_flops(s);
+    let pool = pooler_flops(s);
     let totals = (0..batch)
         .map(|b| {
+            // The rows the embedding made: those entering the first layer.
+            let entering = layers.first().map_or(n(initial, b), |r| n(r.rows_in, b));
+            let emb = embedding_flops(s, entering) + pool;
             let mut pruned = Flops {
                 model: emb,
                 executed: emb,
@@ -232,7 +271,7 @@ pub fn stream_flops(
                 pruned += l[b];
             }
             let dl = dense_layer_flops(s, other_d, n(initial, b), other_initial.map(|o| n(o, b)));
-            let dense = emb + dl * s.layers.len() as u64;
+            let dense = embedding_flops(s, n(initial, b)) + pool + dl * s.layers.len() as u64;
             SequenceFlops {
                 pruned,
                 dense: Flops {

@@ -1,19 +1,22 @@
 //! The model's description shared by the CPU reference and the GPU pass:
 //! configs ([`config`]), host-side weights and their file format
 //! ([`weights`]), FLOPs accounting ([`flops`]), pruning schedules and the
-//! FLOPs of a pass computed from its counts ([`schedule`]).
+//! FLOPs of a pass computed from its counts ([`schedule`]), and HuggingFace
+//! checkpoints as they are published ([`hf`]: configs and name maps).
 
 pub mod config;
 pub mod flops;
+pub mod hf;
 pub mod schedule;
 pub mod weights;
 
 pub use config::{
-    preset, EmbeddingConfig, HeadPrunerConfig, KeepRule, LayerConfig, ModelConfig, ModelKind,
-    StreamConfig, TokenPrunerConfig, PRESETS,
+    preset, Activation, EmbeddingConfig, HeadConfig, HeadPrunerConfig, KeepRule, LayerConfig,
+    ModelConfig, ModelKind, Stage, StageInput, StreamConfig, TokenPrunerConfig, PRESETS,
 };
 pub use flops::{Flops, LayerCounts, SequenceFlops};
 pub use weights::{
-    CrossAttentionWeights, EmbeddingWeights, FfnWeights, HeadPrunerWeights, LayerNormWeights,
-    LayerWeights, Linear, Rng, SelfAttentionWeights, StreamWeights, TokenPrunerWeights, Weights,
+    CrossAttentionWeights, EmbeddingWeights, FfnWeights, HeadPrunerWeights, HeadWeights,
+    LayerNormWeights, LayerWeights, Linear, Rng, SelfAttentionWeights, StreamWeights,
+    TokenPrunerWeights, Weights,
 };

@@ -19,8 +19,8 @@
 //!   non-decreasing step function of `rho`); an unreachable target gives
 //!   the closest reachable ratio and says so ([`RhoFit::reachable`]).
 
-use super::config::{KeepRule, LayerConfig, ModelConfig, ModelKind};
-use super::flops::{stream_flops, LayerRun};
+use super::config::{KeepRule, LayerConfig, ModelConfig, ModelKind, StageInput};
+use super::flops::{head_flops, stream_flops, LayerRun};
 use super::SequenceFlops;
 use crate::{Error, Result};
 
@@ -86,9 +86,15 @@ impl Lengths {
 
 /// The per-sequence model and executed FLOPs (pruned, and dense) of a pass
 /// over inputs of `lengths` whose per-layer statistics are `stats`
-/// (`[layer][stream]`, the shape of `reference::Outputs::stats`), with the
-/// accounting of [`super::flops`]: embeddings, layers, and the cost of
-/// every pruner of `cfg` that ran (none when `dense`).
+/// (`[layer][stream]`, the shape of `reference::Outputs::stats`: as many
+/// layers as the deepest stream, empty entries for a stream past its last
+/// layer), with the accounting of [`super::flops`]: embeddings, layers,
+/// poolers, the task head, and the cost of every pruner of `cfg` that ran
+/// (none when `dense`).
+///
+/// In a whole model ([`ModelConfig::stages`]) a stream fed by another
+/// (METER's fusion streams, BLIP's text context) sees the rows its source
+/// kept; its entry in `lengths` is not used.
 ///
 /// This is exactly what the CPU reference reports in `Outputs::flops` when
 /// the weights hold every pruner the config names (as weights built for the
@@ -100,10 +106,36 @@ pub fn flops_from_stats(
     stats: &[Vec<LayerStats>],
     dense: bool,
 ) -> Result<Vec<SequenceFlops>> {
+    let per_stream = stream_flops_from_stats(cfg, lengths, stats, dense)?;
+    let mut out = vec![SequenceFlops::default(); lengths.batch()];
+    for (_, seq) in &per_stream {
+        for (t, f) in out.iter_mut().zip(seq) {
+            t.pruned += f.pruned;
+            t.dense += f.dense;
+        }
+    }
+    let hf = head_flops(cfg);
+    for t in &mut out {
+        t.pruned += hf;
+        t.dense += hf;
+    }
+    Ok(out)
+}
+
+/// Per config stream, what [`flops_from_stats`] sums: the per-layer,
+/// per-sequence FLOPs and the stream's per-sequence totals (embedding and
+/// pooler included, the task head not), as
+/// [`super::flops::stream_flops`] gives them.
+pub fn stream_flops_from_stats(
+    cfg: &ModelConfig,
+    lengths: &Lengths,
+    stats: &[Vec<LayerStats>],
+    dense: bool,
+) -> Result<StreamFlops> {
     const OP: &str = "flops_from_stats";
     let batch = lengths.check(cfg, OP)?;
     let ns = cfg.streams.len();
-    let nl = cfg.streams.first().map_or(0, |s| s.layers.len());
+    let nl = cfg.max_layers();
     if stats.len() != nl {
         return Err(Error::invalid(
             OP,
@@ -111,77 +143,112 @@ pub fn flops_from_stats(
         ));
     }
     for (l, row) in stats.iter().enumerate() {
-        if row.len() != ns
-            || row
-                .iter()
-                .any(|(k, a, c)| k.len() != batch || a.len() != batch || c.len() != batch)
-        {
+        let bad = row.len() != ns
+            || row.iter().zip(&cfg.streams).any(|((k, a, c), sc)| {
+                let want = if l < sc.layers.len() { batch } else { 0 };
+                k.len() != want || a.len() != want || c.len() != want
+            });
+        if bad {
             return Err(Error::invalid(
                 OP,
-                format!("statistics of layer {l} do not hold {ns} streams of {batch} sequences"),
+                format!(
+                    "statistics of layer {l} do not hold {ns} streams of {batch} sequences \
+                     (empty past a stream's last layer)"
+                ),
             ));
         }
     }
-    let mut out = vec![SequenceFlops::default(); batch];
     let as_i32 = |v: &[usize]| v.iter().map(|&n| n as i32).collect::<Vec<i32>>();
-    let context = lengths.context.as_deref().map(as_i32);
-    for (s, sc) in cfg.streams.iter().enumerate() {
-        // Rows entering each layer: the input lengths, then each layer's kept rows.
-        let mut rows_in = Vec::with_capacity(nl);
-        let mut entering = as_i32(&lengths.streams[s]);
-        for (l, row) in stats.iter().enumerate() {
-            if let Some(b) = (0..batch).find(|&b| row[s].0[b].max(0) > entering[b]) {
-                return Err(Error::invalid(
-                    OP,
-                    format!(
-                        "stream `{}` layer {l} sequence {b}: {} rows kept of {} entering",
-                        sc.name, row[s].0[b], entering[b]
-                    ),
-                ));
-            }
-            rows_in.push(std::mem::replace(&mut entering, row[s].0.clone()));
+    // Per whole-model stream: rows entering its first layer (this pass and
+    // the dense pass), and its final rows (this pass).
+    let mut entering: Vec<Vec<i32>> = lengths.streams.iter().map(|v| as_i32(v)).collect();
+    let mut dense_in: Vec<Vec<i32>> = entering.clone();
+    let final_rows = |s: usize, entering: &[Vec<i32>]| -> Vec<i32> {
+        match cfg.streams[s].layers.len() {
+            0 => entering[s].clone(),
+            n => stats[n - 1][s].0.clone(),
         }
-        let runs: Vec<LayerRun> = sc
-            .layers
-            .iter()
-            .zip(stats)
-            .zip(&rows_in)
-            .map(|((lc, row), r_in)| LayerRun {
-                ran: if dense {
-                    LayerConfig::default()
-                } else {
-                    lc.clone()
-                },
-                rows_in: r_in,
-                kept: &row[s].0,
-                active_self_heads: &row[s].1,
-                active_cross_heads: &row[s].2,
-                other_rows: match cfg.kind {
-                    ModelKind::Encoder => None,
-                    ModelKind::CoAttention => Some(&row[1 - s].0[..]),
-                    ModelKind::CrossEncoder { .. } => context.as_deref(),
-                },
-            })
-            .collect();
-        let other_initial = match cfg.kind {
-            ModelKind::Encoder => None,
-            ModelKind::CoAttention => Some(as_i32(&lengths.streams[1 - s])),
-            ModelKind::CrossEncoder { .. } => context.clone(),
+    };
+    let context = lengths.context.as_deref().map(as_i32);
+    let mut out: StreamFlops = vec![(Vec::new(), Vec::new()); ns];
+    for stage in cfg.stages() {
+        if let StageInput::RowsFrom(srcs) = &stage.input {
+            for (&s, &src) in stage.streams.iter().zip(srcs) {
+                entering[s] = final_rows(src, &entering);
+                dense_in[s] = dense_in[src].clone();
+            }
+        }
+        let (ctx, dense_ctx) = match &stage.input {
+            StageInput::ContextFrom(src) => (
+                Some(final_rows(*src, &entering)),
+                Some(dense_in[*src].clone()),
+            ),
+            _ => (context.clone(), context.clone()),
         };
-        let (_, seq) = stream_flops(
-            sc,
-            cfg.other_hidden(s),
-            &runs,
-            &as_i32(&lengths.streams[s]),
-            other_initial.as_deref(),
-        );
-        for (t, f) in out.iter_mut().zip(seq) {
-            t.pruned += f.pruned;
-            t.dense += f.dense;
+        for (i, &s) in stage.streams.iter().enumerate() {
+            let sc = &cfg.streams[s];
+            let other = stage
+                .streams
+                .get(1 - i.min(1))
+                .copied()
+                .filter(|_| stage.streams.len() == 2);
+            // Rows entering each layer: the first layer's, then each layer's kept rows.
+            let mut rows_in = Vec::with_capacity(sc.layers.len());
+            let mut cur = entering[s].clone();
+            for (l, row) in stats.iter().enumerate().take(sc.layers.len()) {
+                if let Some(b) = (0..batch).find(|&b| row[s].0[b].max(0) > cur[b]) {
+                    return Err(Error::invalid(
+                        OP,
+                        format!(
+                            "stream `{}` layer {l} sequence {b}: {} rows kept of {} entering",
+                            sc.name, row[s].0[b], cur[b]
+                        ),
+                    ));
+                }
+                rows_in.push(std::mem::replace(&mut cur, row[s].0.clone()));
+            }
+            let runs: Vec<LayerRun> = sc
+                .layers
+                .iter()
+                .zip(stats)
+                .zip(&rows_in)
+                .map(|((lc, row), r_in)| LayerRun {
+                    ran: if dense {
+                        LayerConfig::default()
+                    } else {
+                        lc.clone()
+                    },
+                    rows_in: r_in,
+                    kept: &row[s].0,
+                    active_self_heads: &row[s].1,
+                    active_cross_heads: &row[s].2,
+                    other_rows: match stage.config.kind {
+                        ModelKind::CoAttention => other.map(|o| &row[o].0[..]),
+                        ModelKind::CrossEncoder { .. } => ctx.as_deref(),
+                        _ => None,
+                    },
+                })
+                .collect();
+            let other_initial = match stage.config.kind {
+                ModelKind::CoAttention => other.map(|o| dense_in[o].clone()),
+                ModelKind::CrossEncoder { .. } => dense_ctx.clone(),
+                _ => None,
+            };
+            out[s] = stream_flops(
+                sc,
+                cfg.other_hidden(s),
+                &runs,
+                &dense_in[s],
+                other_initial.as_deref(),
+            );
         }
     }
     Ok(out)
 }
+
+/// Per config stream: per layer the per-sequence [`super::Flops`], and the
+/// stream's per-sequence totals.
+pub type StreamFlops = Vec<(Vec<Vec<super::Flops>>, Vec<SequenceFlops>)>;
 
 /// `cfg` with every token pruner switched to the budget rule with `rho`
 /// (`keep_first` and widths unchanged) and every head pruner removed.
@@ -231,50 +298,74 @@ pub fn budget_stats(cfg: &ModelConfig, lengths: &Lengths) -> Result<Vec<Vec<Laye
     const OP: &str = "budget_stats";
     cfg.validate()?;
     let batch = lengths.check(cfg, OP)?;
-    let nl = cfg.streams.first().map_or(0, |s| s.layers.len());
-    let mut rows: Vec<Vec<usize>> = lengths.streams.clone();
-    let mut out = Vec::with_capacity(nl);
-    for l in 0..nl {
-        let mut row = Vec::with_capacity(cfg.streams.len());
-        for (s, sc) in cfg.streams.iter().enumerate() {
-            let lc = &sc.layers[l];
-            if lc.self_head_pruner.is_some() || lc.cross_head_pruner.is_some() {
-                return Err(Error::invalid(
-                    OP,
-                    format!(
-                        "stream `{}` layer {l} has a head pruner: its work depends on the data",
-                        sc.name
-                    ),
-                ));
+    let ns = cfg.streams.len();
+    let nl = cfg.max_layers();
+    // Rows entering each stream's first layer; a derived stream's are its
+    // source's final rows.
+    let mut entering: Vec<Vec<usize>> = lengths.streams.clone();
+    let mut finals: Vec<Vec<usize>> = vec![Vec::new(); ns];
+    let mut per_stream: Vec<Vec<LayerStats>> = vec![Vec::new(); ns];
+    for stage in cfg.stages() {
+        if let StageInput::RowsFrom(srcs) = &stage.input {
+            for (&s, &src) in stage.streams.iter().zip(srcs) {
+                entering[s] = finals[src].clone();
             }
-            let kept: Vec<usize> = match &lc.token_pruner {
-                None => rows[s].clone(),
-                Some(tp) => match tp.rule {
-                    KeepRule::Budget { .. } => rows[s].iter().map(|&n| tp.rule.budget(n)).collect(),
-                    KeepRule::Threshold { .. } => {
-                        return Err(Error::invalid(
-                            OP,
-                            format!(
-                                "stream `{}` layer {l} has a threshold token pruner: its work \
-                                 depends on the data",
-                                sc.name
-                            ),
-                        ))
-                    }
-                },
-            };
-            let heads = sc.heads as i32;
-            let cross = if cfg.is_cross() { heads } else { 0 };
-            row.push((
-                kept.iter().map(|&k| k as i32).collect(),
-                vec![heads; batch],
-                vec![cross; batch],
-            ));
-            rows[s] = kept;
         }
-        out.push(row);
+        for &s in &stage.streams {
+            let sc = &cfg.streams[s];
+            let mut rows = entering[s].clone();
+            for (l, lc) in sc.layers.iter().enumerate() {
+                if lc.self_head_pruner.is_some() || lc.cross_head_pruner.is_some() {
+                    return Err(Error::invalid(
+                        OP,
+                        format!(
+                            "stream `{}` layer {l} has a head pruner: its work depends on the data",
+                            sc.name
+                        ),
+                    ));
+                }
+                let kept: Vec<usize> = match &lc.token_pruner {
+                    None => rows.clone(),
+                    Some(tp) => match tp.rule {
+                        KeepRule::Budget { .. } => {
+                            rows.iter().map(|&n| tp.rule.budget(n)).collect()
+                        }
+                        KeepRule::Threshold { .. } => {
+                            return Err(Error::invalid(
+                                OP,
+                                format!(
+                                    "stream `{}` layer {l} has a threshold token pruner: its work \
+                                     depends on the data",
+                                    sc.name
+                                ),
+                            ))
+                        }
+                    },
+                };
+                let heads = sc.heads as i32;
+                let cross = if cfg.stream_is_cross(s) { heads } else { 0 };
+                per_stream[s].push((
+                    kept.iter().map(|&k| k as i32).collect(),
+                    vec![heads; batch],
+                    vec![cross; batch],
+                ));
+                rows = kept;
+            }
+            finals[s] = rows;
+        }
     }
-    Ok(out)
+    Ok((0..nl)
+        .map(|l| {
+            per_stream
+                .iter()
+                .map(|v| {
+                    v.get(l)
+                        .cloned()
+                        .unwrap_or_else(|| (Vec::new(), Vec::new(), Vec::new()))
+                })
+                .collect()
+        })
+        .collect())
 }
 
 /// The per-sequence FLOPs of a pass of `cfg` over inputs of `lengths`,

@@ -11,12 +11,15 @@
 //!
 //! | name | shape |
 //! |---|---|
-//! | `{s}.embeddings.patch.weight` / `.bias` (ViT) | `[D, C*P*P]` / `[D]` |
+//! | `{s}.embeddings.patch.weight` / `.bias` (ViT; the bias with `patch_bias`) | `[D, C*P*P]` / `[D]` |
 //! | `{s}.embeddings.cls` (ViT) | `[D]` |
 //! | `{s}.embeddings.position` (ViT) | `[N, D]` |
+//! | `{s}.embeddings.ln.weight` / `.bias` (ViT with `ln`: CLIP's `ln_pre`) | `[D]` |
+//! | `{s}.embeddings.transform.weight` / `.bias` (transform) | `[D, D_in]` / `[D]` |
+//! | `{s}.embeddings.type_vector` (transform with `type_vector`) | `[D]` |
 //! | `{s}.embeddings.word` (BERT) | `[vocab, D]` |
 //! | `{s}.embeddings.position` (BERT) | `[max_positions, D]` |
-//! | `{s}.embeddings.token_type` (BERT) | `[type_vocab, D]` |
+//! | `{s}.embeddings.token_type` (BERT, `type_vocab > 0`) | `[type_vocab, D]` |
 //! | `{s}.embeddings.ln.weight` / `.bias` (BERT) | `[D]` |
 //! | `{s}.layers.{l}.self_attn.qkv.weight` / `.bias` | `[3D, D]` / `[3D]` (rows Q, K, V) |
 //! | `{s}.layers.{l}.self_attn.out.weight` / `.bias` | `[D, D]` / `[D]` |
@@ -40,6 +43,9 @@
 //! | `{s}.layers.{l}.{self_attn,cross_attn}.head_pruner.b1` | `[hh]` |
 //! | `{s}.layers.{l}.{self_attn,cross_attn}.head_pruner.w2` / `.b2` | `[H, hh]` / `[H]` |
 //! | `{s}.final_ln.weight` / `.bias` (if `final_ln`) | `[D]` |
+//! | `{s}.pooler.weight` / `.bias` (if `pooler`) | `[D, D]` / `[D]` |
+//! | `head.fc.weight` / `.bias` (ITM head) | `[2, F]` / `[2]` |
+//! | `head.fc1`, `head.ln`, `head.fc2` `.weight` / `.bias` (VQA head) | `[F, F]`, `[F]`, `[labels, F]` |
 //!
 //! In a pre-LN layer, `self_attn.ln` is applied before self-attention,
 //! `cross_attn.ln` before cross-attention and `ffn.ln` before the FFN; in a
@@ -58,7 +64,7 @@ use safetensors::{Dtype, SafeTensors};
 const RANDOM_CHUNK: usize = 1 << 16;
 
 pub use super::config::KeepRule;
-use super::config::{EmbeddingConfig, ModelConfig, StreamConfig};
+use super::config::{EmbeddingConfig, HeadConfig, ModelConfig, StreamConfig};
 use crate::{Error, Result};
 
 /// A linear layer `y = x W^T + b`, `weight` `[out, inp]` row-major.
@@ -264,12 +270,15 @@ pub enum EmbeddingWeights {
     None,
     /// ViT.
     Vit {
-        /// `[D, C*P*P]`, patch flattened `(c, ky, kx)`.
+        /// `[D, C*P*P]`, patch flattened `(c, ky, kx)`; `bias` empty when the
+        /// config has no patch bias (CLIP).
         patch: Linear,
         /// `[D]`.
         cls: Vec<f32>,
         /// `[N, D]`.
         position: Vec<f32>,
+        /// The LayerNorm before the first layer (CLIP's `ln_pre`), if any.
+        ln: Option<LayerNormWeights>,
     },
     /// BERT.
     Bert {
@@ -277,10 +286,37 @@ pub enum EmbeddingWeights {
         word: Vec<f32>,
         /// `[max_positions, D]`.
         position: Vec<f32>,
-        /// `[type_vocab, D]`.
+        /// `[type_vocab, D]` (empty without token types).
         token_type: Vec<f32>,
         /// Embedding LayerNorm.
         ln: LayerNormWeights,
+    },
+    /// An input transform: `W x + b (+ type_vector)`.
+    Transform {
+        /// `[D, input_hidden]`.
+        transform: Linear,
+        /// The modality-type vector `[D]`, if the config has one.
+        type_vector: Option<Vec<f32>>,
+    },
+}
+
+/// A task head's weights (see [`crate::spec::HeadConfig`]; `F` the feature
+/// width).
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeadWeights {
+    /// `Linear(F, 2)`.
+    Itm {
+        /// `[2, F]`.
+        fc: Linear,
+    },
+    /// `Linear(F, F)`, LayerNorm, GELU, `Linear(F, labels)`.
+    Vqa {
+        /// `[F, F]`.
+        fc1: Linear,
+        /// `[F]`.
+        ln: LayerNormWeights,
+        /// `[labels, F]`.
+        fc2: Linear,
     },
 }
 
@@ -293,6 +329,8 @@ pub struct StreamWeights {
     pub layers: Vec<LayerWeights>,
     /// Final LayerNorm (if the config asks for one).
     pub final_ln: Option<LayerNormWeights>,
+    /// The pooler `[D, D]` (if the config asks for one).
+    pub pooler: Option<Linear>,
 }
 
 /// All weights of a model, with the config they belong to.
@@ -302,6 +340,8 @@ pub struct Weights {
     pub config: ModelConfig,
     /// One entry per config stream.
     pub streams: Vec<StreamWeights>,
+    /// The task head (if the config has one).
+    pub head: Option<Box<HeadWeights>>,
 }
 
 /// What a tensor is, for random initialisation.
@@ -405,7 +445,6 @@ impl Weights {
     /// Weights of the right shapes for `config`: zeros, LayerNorm gammas 1.
     pub fn zeros(config: &ModelConfig) -> Result<Self> {
         config.validate()?;
-        let cross = config.is_cross();
         let streams = config
             .streams
             .iter()
@@ -413,16 +452,33 @@ impl Weights {
             .map(|(si, s)| {
                 let d = s.hidden;
                 let d_other = config.other_hidden(si);
+                let cross = config.stream_is_cross(si);
                 let embeddings = match s.embedding {
                     EmbeddingConfig::None => EmbeddingWeights::None,
                     EmbeddingConfig::Vit {
                         patch_size,
                         channels,
+                        patch_bias,
+                        ln,
                         ..
-                    } => EmbeddingWeights::Vit {
-                        patch: Linear::zeros(d, channels * patch_size * patch_size),
-                        cls: vec![0.0; d],
-                        position: vec![0.0; s.embedding.vit_rows().unwrap_or(1) * d],
+                    } => {
+                        let mut patch = Linear::zeros(d, channels * patch_size * patch_size);
+                        if !patch_bias {
+                            patch.bias.clear();
+                        }
+                        EmbeddingWeights::Vit {
+                            patch,
+                            cls: vec![0.0; d],
+                            position: vec![0.0; s.embedding.vit_rows().unwrap_or(1) * d],
+                            ln: ln.then(|| LayerNormWeights::ones(d)),
+                        }
+                    }
+                    EmbeddingConfig::Transform {
+                        input_hidden,
+                        type_vector,
+                    } => EmbeddingWeights::Transform {
+                        transform: Linear::zeros(d, input_hidden),
+                        type_vector: type_vector.then(|| vec![0.0; d]),
                     },
                     EmbeddingConfig::Bert {
                         vocab_size,
@@ -490,12 +546,27 @@ impl Weights {
                     } else {
                         None
                     },
+                    pooler: s.pooler.then(|| Linear::zeros(d, d)),
                 }
             })
             .collect();
+        let f = config.feature_width();
+        let head = config.head.as_ref().map(|h| {
+            Box::new(match *h {
+                HeadConfig::Itm => HeadWeights::Itm {
+                    fc: Linear::zeros(2, f),
+                },
+                HeadConfig::Vqa { labels, .. } => HeadWeights::Vqa {
+                    fc1: Linear::zeros(f, f),
+                    ln: LayerNormWeights::ones(f),
+                    fc2: Linear::zeros(labels, f),
+                },
+            })
+        });
         Ok(Weights {
             config: config.clone(),
             streams,
+            head,
         })
     }
 
@@ -508,8 +579,19 @@ impl Weights {
                     patch,
                     cls,
                     position,
+                    ln,
                 } => {
-                    visit_linear(&format!("{name}.embeddings.patch"), patch, f);
+                    let p = format!("{name}.embeddings.patch");
+                    if patch.bias.is_empty() {
+                        f(
+                            &format!("{p}.weight"),
+                            &[patch.out, patch.inp],
+                            Init::Linear,
+                            &mut patch.weight,
+                        );
+                    } else {
+                        visit_linear(&p, patch, f);
+                    }
                     let d = cls.len();
                     f(&format!("{name}.embeddings.cls"), &[d], Init::Linear, cls);
                     f(
@@ -518,6 +600,24 @@ impl Weights {
                         Init::Linear,
                         position,
                     );
+                    if let Some(ln) = ln {
+                        visit_ln(&format!("{name}.embeddings.ln"), ln, f, false);
+                    }
+                }
+                EmbeddingWeights::Transform {
+                    transform,
+                    type_vector,
+                } => {
+                    visit_linear(&format!("{name}.embeddings.transform"), transform, f);
+                    if let Some(t) = type_vector {
+                        let d = t.len();
+                        f(
+                            &format!("{name}.embeddings.type_vector"),
+                            &[d],
+                            Init::Linear,
+                            t,
+                        );
+                    }
                 }
                 EmbeddingWeights::Bert {
                     word,
@@ -531,6 +631,9 @@ impl Weights {
                         ("position", position),
                         ("token_type", token_type),
                     ] {
+                        if t.is_empty() && n == "token_type" {
+                            continue; // no token types (BLIP's text encoder)
+                        }
                         let shape = [t.len() / d, d];
                         f(&format!("{name}.embeddings.{n}"), &shape, Init::Linear, t);
                     }
@@ -565,6 +668,18 @@ impl Weights {
             if let Some(ln) = &mut sw.final_ln {
                 visit_ln(&format!("{name}.final_ln"), ln, f, false);
             }
+            if let Some(p) = &mut sw.pooler {
+                visit_linear(&format!("{name}.pooler"), p, f);
+            }
+        }
+        match self.head.as_deref_mut() {
+            None => {}
+            Some(HeadWeights::Itm { fc }) => visit_linear("head.fc", fc, f),
+            Some(HeadWeights::Vqa { fc1, ln, fc2 }) => {
+                visit_linear("head.fc1", fc1, f);
+                visit_ln("head.ln", ln, f, false);
+                visit_linear("head.fc2", fc2, f);
+            }
         }
     }
 
@@ -592,9 +707,17 @@ impl Weights {
                     patch,
                     cls,
                     position,
+                    ln: l,
                 } => {
-                    lin(&mut v, patch);
+                    if patch.bias.is_empty() {
+                        v.push(patch.weight.len());
+                    } else {
+                        lin(&mut v, patch);
+                    }
                     v.extend([cls.len(), position.len()]);
+                    if let Some(l) = l {
+                        ln(&mut v, l);
+                    }
                 }
                 EmbeddingWeights::Bert {
                     word,
@@ -602,8 +725,20 @@ impl Weights {
                     token_type,
                     ln: l,
                 } => {
-                    v.extend([word.len(), position.len(), token_type.len()]);
+                    v.extend([word.len(), position.len()]);
+                    if !token_type.is_empty() {
+                        v.push(token_type.len());
+                    }
                     ln(&mut v, l);
+                }
+                EmbeddingWeights::Transform {
+                    transform,
+                    type_vector,
+                } => {
+                    lin(&mut v, transform);
+                    if let Some(t) = type_vector {
+                        v.push(t.len());
+                    }
                 }
             }
             for lw in &sw.layers {
@@ -639,6 +774,18 @@ impl Weights {
             }
             if let Some(l) = &sw.final_ln {
                 ln(&mut v, l);
+            }
+            if let Some(p) = &sw.pooler {
+                lin(&mut v, p);
+            }
+        }
+        match self.head.as_deref() {
+            None => {}
+            Some(HeadWeights::Itm { fc }) => lin(&mut v, fc),
+            Some(HeadWeights::Vqa { fc1, ln: l, fc2 }) => {
+                lin(&mut v, fc1);
+                ln(&mut v, l);
+                lin(&mut v, fc2);
             }
         }
         v
@@ -729,28 +876,37 @@ impl Weights {
 
     /// Serialises every tensor as f32 safetensors bytes.
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
-        let tensors = self.tensors();
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-            .into_iter()
-            .map(|(n, s, d)| (n, s, d.iter().flat_map(|x| x.to_le_bytes()).collect()))
-            .collect();
-        let mut views = Vec::with_capacity(bytes.len());
-        for (n, s, b) in &bytes {
-            let v =
-                safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| {
-                    Error::Safetensors {
-                        context: n.clone(),
-                        message: e.to_string(),
-                    }
-                })?;
-            views.push((n.clone(), v));
-        }
-        safetensors::serialize(views, None).map_err(|e| Error::Safetensors {
-            context: "serialize".into(),
-            message: e.to_string(),
-        })
+        tensors_to_safetensors(self.tensors(), None)
     }
+}
 
+/// f32 tensors `(name, shape, data)` as safetensors bytes, with optional
+/// string metadata (the file header's `__metadata__`).
+pub(crate) fn tensors_to_safetensors(
+    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(n, s, d)| (n, s, d.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let mut views = Vec::with_capacity(bytes.len());
+    for (n, s, b) in &bytes {
+        let v = safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| {
+            Error::Safetensors {
+                context: n.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        views.push((n.clone(), v));
+    }
+    safetensors::serialize(views, metadata).map_err(|e| Error::Safetensors {
+        context: "serialize".into(),
+        message: e.to_string(),
+    })
+}
+
+impl Weights {
     /// Writes [`Weights::to_safetensors_bytes`] to `path`.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let p = path.as_ref();
@@ -780,7 +936,7 @@ impl Weights {
 
     /// Builds weights from named tensors, checking everything against the
     /// config; `errs` may already hold problems found by the caller.
-    fn from_tensor_map(
+    pub(crate) fn from_tensor_map(
         config: &ModelConfig,
         mut map: BTreeMap<String, RawTensor>,
         errs: &mut Vec<String>,
@@ -990,14 +1146,14 @@ fn map_hf_bert(
 
 /// A tensor as read from a file, not yet converted.
 #[derive(Debug, Clone)]
-struct RawTensor {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
+pub(crate) struct RawTensor {
+    pub(crate) dtype: Dtype,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) data: Vec<u8>,
 }
 
 impl RawTensor {
-    fn from_f32(shape: Vec<usize>, v: &[f32]) -> Self {
+    pub(crate) fn from_f32(shape: Vec<usize>, v: &[f32]) -> Self {
         RawTensor {
             dtype: Dtype::F32,
             shape,
@@ -1005,7 +1161,7 @@ impl RawTensor {
         }
     }
 
-    fn to_f32(&self) -> std::result::Result<Vec<f32>, String> {
+    pub(crate) fn to_f32(&self) -> std::result::Result<Vec<f32>, String> {
         match self.dtype {
             Dtype::F32 => Ok(self
                 .data
@@ -1029,7 +1185,7 @@ impl RawTensor {
     }
 }
 
-fn read_safetensors(bytes: &[u8], context: &str) -> Result<BTreeMap<String, RawTensor>> {
+pub(crate) fn read_safetensors(bytes: &[u8], context: &str) -> Result<BTreeMap<String, RawTensor>> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
         context: context.to_string(),
         message: e.to_string(),

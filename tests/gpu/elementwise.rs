@@ -95,3 +95,100 @@ fn pooling_matches_cpu() {
     }
     let _ = f16::ZERO;
 }
+
+/// bias_act (erf GELU, quick GELU, tanh; with and without a bias, with a
+/// device row count) and copy_cols against the CPU.
+#[test]
+fn bias_act_and_copy_cols_match_cpu() {
+    use smarttrim::ops::{bias_act, copy_cols, Act, CopyColsShape};
+    use smarttrim::reference::ops::quick_gelu;
+    let Some(dev) = device("bias_act_and_copy_cols_match_cpu") else {
+        return;
+    };
+    let stream = dev.stream().clone();
+    let mut rng = Rng::new(23);
+    for &(rows, n) in &[(1usize, 8usize), (31, 384), (577, 768), (1025, 3072)] {
+        let x = round_f16(&rng.normals(rows * n, 2.0, 0.0));
+        let bias = round_f16(&rng.normals(n, 0.5, 0.0));
+        for act in [Act::Gelu, Act::QuickGelu, Act::Tanh] {
+            let f = |v: f32| match act {
+                Act::Gelu => gelu(v),
+                Act::QuickGelu => quick_gelu(v),
+                Act::Tanh => v.tanh(),
+            };
+            for with_bias in [true, false] {
+                let want: Vec<f32> = (0..rows * n)
+                    .map(|i| f(x[i] + if with_bias { bias[i % n] } else { 0.0 }))
+                    .collect();
+                let b_d = stream.clone_htod(&to_f16(&bias)).unwrap();
+                let mut x_d = stream.clone_htod(&to_f16(&x)).unwrap();
+                bias_act::<_, _, NoRows>(
+                    &dev,
+                    ColsShape { rows, n },
+                    act,
+                    &mut x_d,
+                    with_bias.then_some(&b_d),
+                    None,
+                )
+                .unwrap();
+                let err = rel_err(&from_f16(&stream.clone_dtoh(&x_d).unwrap()), &want);
+                println!("bias_act {act:?} bias={with_bias} rows={rows} n={n}: rel err {err:.2e}");
+                assert!(
+                    err < 3e-3,
+                    "{act:?} bias={with_bias} rows={rows} n={n}: {err}"
+                );
+            }
+        }
+    }
+    // A device row count leaves the rows past it untouched.
+    let (rows, n, valid) = (40usize, 64usize, 13i32);
+    let x = round_f16(&rng.normals(rows * n, 1.0, 0.0));
+    let n_d = stream.clone_htod(&[valid]).unwrap();
+    let mut x_d = stream.clone_htod(&to_f16(&x)).unwrap();
+    bias_act(
+        &dev,
+        ColsShape { rows, n },
+        Act::QuickGelu,
+        &mut x_d,
+        None::<&cudarc::driver::CudaSlice<f16>>,
+        Some(&n_d),
+    )
+    .unwrap();
+    let out = from_f16(&stream.clone_dtoh(&x_d).unwrap());
+    let v = valid as usize * n;
+    assert_eq!(&out[v..], &x[v..], "rows past rows_dev must be untouched");
+    // copy_cols: two [B, D] blocks side by side in a NaN-poisoned [B, 2D + 8].
+    for &(b, d) in &[(1usize, 8usize), (7, 64), (33, 768)] {
+        let ld = 2 * d + 8;
+        let a = round_f16(&rng.normals(b * d, 1.0, 0.0));
+        let c = round_f16(&rng.normals(b * d, 1.0, 0.0));
+        let a_d = stream.clone_htod(&to_f16(&a)).unwrap();
+        let c_d = stream.clone_htod(&to_f16(&c)).unwrap();
+        let mut dst = stream.clone_htod(&nan_f16(b * ld)).unwrap();
+        for (src, col) in [(&a_d, 0), (&c_d, d)] {
+            copy_cols(
+                &dev,
+                CopyColsShape {
+                    rows: b,
+                    n: d,
+                    src_ld: d,
+                    dst_ld: ld,
+                    dst_col: col,
+                },
+                src,
+                &mut dst,
+            )
+            .unwrap();
+        }
+        let got = from_f16(&stream.clone_dtoh(&dst).unwrap());
+        for r in 0..b {
+            assert_eq!(
+                &got[r * ld..r * ld + d],
+                &a[r * d..(r + 1) * d],
+                "b={b} d={d} row {r}"
+            );
+            assert_eq!(&got[r * ld + d..r * ld + 2 * d], &c[r * d..(r + 1) * d]);
+            assert!(got[r * ld + 2 * d..(r + 1) * ld].iter().all(|v| v.is_nan()));
+        }
+    }
+}

@@ -31,6 +31,8 @@ fn stream_config(d: usize, embedding: EmbeddingConfig) -> StreamConfig {
         ln_eps: 1e-12,
         pre_ln: false,
         final_ln: false,
+        activation: Default::default(),
+        pooler: false,
         embedding,
         layers: Vec::new(),
     }
@@ -238,6 +240,8 @@ fn vit_case(dev: &smarttrim::device::Device, blas: &Blas, rng: &mut Rng, shape: 
             image_size: is,
             patch_size: p,
             channels: c,
+            patch_bias: true,
+            ln: false,
         },
     );
     let weight = round_f16(&rng.normals(d * k, 1.0 / (k as f32).sqrt(), 0.0));
@@ -261,6 +265,7 @@ fn vit_case(dev: &smarttrim::device::Device, blas: &Blas, rng: &mut Rng, shape: 
             },
             cls,
             position,
+            ln: None,
         },
         &StreamInput::Pixels {
             pixels: pixels.clone(),

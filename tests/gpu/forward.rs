@@ -135,6 +135,24 @@ fn compare(what: &str, cfg: &ModelConfig, gpu: &GpuOutputs, r: &Outputs) -> usiz
         assert!(e < TOL, "{at}: final rows rel err {e:.2e}");
         assert!(ef < TOL, "{at}: pooled first rel err {ef:.2e}");
         assert!(em < TOL, "{at}: pooled mean rel err {em:.2e}");
+        match (&g.pooler, &rs.pooler) {
+            (Some(gp), Some(rp)) => {
+                let ep = rel_err(gp, rp);
+                eprintln!("{at}: pooler rel err {ep:.2e}");
+                assert!(ep < TOL, "{at}: pooler rel err {ep:.2e}");
+            }
+            (None, None) => {}
+            _ => panic!("{at}: a pooler output on one side only"),
+        }
+    }
+    match (&gpu.logits, &r.logits) {
+        (Some(gl), Some(rl)) => {
+            let e = rel_err(gl, rl);
+            eprintln!("{what}: logits rel err {e:.2e}");
+            assert!(e < TOL, "{what}: logits rel err {e:.2e}");
+        }
+        (None, None) => {}
+        _ => panic!("{what}: logits on one side only"),
     }
     assert_eq!(gpu.stats(), r.stats(), "{what}: statistics");
     assert_eq!(gpu.flops, r.flops, "{what}: FLOPs per sequence");
@@ -142,19 +160,29 @@ fn compare(what: &str, cfg: &ModelConfig, gpu: &GpuOutputs, r: &Outputs) -> usiz
 }
 
 /// Layers at which some stream's threshold-rule token pruner runs (where
-/// `SyncPolicy::ReadCounts` waits for the row counts).
+/// `SyncPolicy::ReadCounts` waits for the row counts), summed over the
+/// stages of a whole model (each stage's streams run in lockstep).
 fn threshold_pruning_layers(w: &Weights) -> usize {
-    let nl = w.config.streams[0].layers.len();
-    (0..nl)
-        .filter(|&l| {
-            w.config.streams.iter().zip(&w.streams).any(|(sc, sw)| {
-                matches!(
-                    sc.layers[l].token_pruner.as_ref().map(|t| t.rule),
-                    Some(KeepRule::Threshold { .. })
-                ) && sw.layers[l].token_pruner.is_some()
-            })
+    w.config
+        .stages()
+        .iter()
+        .map(|stage| {
+            let nl = w.config.streams[stage.streams[0]].layers.len();
+            (0..nl)
+                .filter(|&l| {
+                    stage.streams.iter().any(|&s| {
+                        matches!(
+                            w.config.streams[s].layers[l]
+                                .token_pruner
+                                .as_ref()
+                                .map(|t| t.rule),
+                            Some(KeepRule::Threshold { .. })
+                        ) && w.streams[s].layers[l].token_pruner.is_some()
+                    })
+                })
+                .count()
         })
-        .count()
+        .sum()
 }
 
 /// `cfg` with every token pruner on the budget rule at `rho`.
@@ -315,7 +343,11 @@ fn run_case(test: &str, case: &Case) {
         assert!(g.graph && g.syncs == 0, "{what} graph {round}");
         assert_same_pass(&format!("{what} graph {round}"), &g, &eager);
     }
-    assert_eq!(ws.cached_graphs(), 1, "{what}: one graph for one shape");
+    assert_eq!(
+        ws.cached_graphs(),
+        cfg.stages().len(),
+        "{what}: one graph per stage for one shape"
+    );
     // ReadCounts cannot be captured with threshold pruners in the model.
     let err = model
         .forward(
@@ -449,6 +481,59 @@ fn forward_tiny_blip_ragged8() {
         "forward_tiny_blip_ragged8",
         &Case {
             name: "tiny-blip",
+            batch: 8,
+            ragged: true,
+        },
+    );
+}
+
+#[test]
+fn forward_tiny_blip_full_batch1() {
+    run_case(
+        "forward_tiny_blip_full_batch1",
+        &Case {
+            name: "tiny-blip-full",
+            batch: 1,
+            ragged: false,
+        },
+    );
+}
+
+/// BLIP end to end: the ViT's pruned rows handed to the text encoder on the
+/// device, type-less BERT embeddings, the ITM head.
+#[test]
+fn forward_tiny_blip_full_ragged8() {
+    run_case(
+        "forward_tiny_blip_full_ragged8",
+        &Case {
+            name: "tiny-blip-full",
+            batch: 8,
+            ragged: true,
+        },
+    );
+}
+
+#[test]
+fn forward_tiny_meter_full_batch1() {
+    run_case(
+        "forward_tiny_meter_full_batch1",
+        &Case {
+            name: "tiny-meter-full",
+            batch: 1,
+            ragged: false,
+        },
+    );
+}
+
+/// METER end to end: RoBERTa (positions from 2), the CLIP ViT (ln_pre, no
+/// patch bias, quick GELU, ln_post on every row), input transforms with
+/// modality vectors, the fusion encoder, poolers and the VQA head.
+#[test]
+fn forward_tiny_meter_full_ragged8() {
+    run_case(
+        "forward_tiny_meter_full_ragged8",
+        &Case {
+            name: "tiny-meter-full",
             batch: 8,
             ragged: true,
         },
