@@ -343,22 +343,7 @@ impl Device {
         if let Some(f) = lock(&self.cache.functions).get(&key) {
             return Ok(f.clone());
         }
-        let m = {
-            let mut modules = lock(&self.cache.modules);
-            match modules.get(src.name) {
-                Some(m) => m.clone(),
-                None => {
-                    let m = self.ctx.load_module(Ptx::from_src(src.ptx)).map_err(|e| {
-                        Error::driver(
-                            format!("loading PTX module `{}` ({})", src.name, src.target),
-                            e,
-                        )
-                    })?;
-                    modules.insert(src.name, m.clone());
-                    m
-                }
-            }
-        };
+        let m = self.module(src)?;
         if !kernels::ptx_entries(src.ptx).iter().any(|e| e == name) {
             return Err(Error::MissingKernel {
                 module: src.name.to_string(),
@@ -371,6 +356,38 @@ impl Device {
         })?;
         lock(&self.cache.functions).insert(key, f.clone());
         Ok(f)
+    }
+
+    /// Loads every embedded kernel module and resolves all their kernels
+    /// now (a no-op for those already loaded), so that no later launch on
+    /// this device's context — from any [`Device::on_stream`] view — loads a
+    /// module. Loading a module is not allowed inside a CUDA-graph capture:
+    /// call this (or create a [`crate::model::GpuModel`], which does) before
+    /// capturing smarttrim's work into a graph of your own.
+    pub fn load_all_modules(&self) -> Result<()> {
+        for name in kernels::module_names() {
+            let src = self.module_source(name)?;
+            for entry in kernels::ptx_entries(src.ptx) {
+                self.function(name, &entry)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The loaded module of `src` (loading it on first use).
+    fn module(&self, src: &'static ModuleSource) -> Result<Arc<CudaModule>> {
+        let mut modules = lock(&self.cache.modules);
+        if let Some(m) = modules.get(src.name) {
+            return Ok(m.clone());
+        }
+        let m = self.ctx.load_module(Ptx::from_src(src.ptx)).map_err(|e| {
+            Error::driver(
+                format!("loading PTX module `{}` ({})", src.name, src.target),
+                e,
+            )
+        })?;
+        modules.insert(src.name, m.clone());
+        Ok(m)
     }
 
     /// Checks for a launch error cudarc recorded, without waiting.

@@ -458,7 +458,9 @@ impl std::fmt::Debug for GpuModel {
 impl GpuModel {
     /// Checks the weights and that the kernels support the model
     /// ([`check_supported`]), then uploads every weight once as f16 on
-    /// `dev`'s stream (the model shares that stream).
+    /// `dev`'s stream (the model shares that stream) and loads every kernel
+    /// module ([`Device::load_all_modules`]), so no pass loads one — in
+    /// particular none recorded into a caller's CUDA graph.
     pub fn new(dev: &Device, weights: &Weights) -> Result<Self> {
         let cfg = &weights.config;
         cfg.validate()?;
@@ -476,7 +478,9 @@ impl GpuModel {
         // (completed before `new` returns) and only read afterwards, from any
         // stream and inside CUDA-graph captures.
         let probe = dev.on_stream(dev.stream().clone())?;
-        probe.untracked(|| upload_model(dev, weights, cfg))
+        let model = probe.untracked(|| upload_model(dev, weights, cfg))?;
+        model.dev.load_all_modules()?;
+        Ok(model)
     }
 }
 
