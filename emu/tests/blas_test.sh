@@ -21,7 +21,10 @@ for a in "$@"; do
     esac
 done
 CXX=${CXX:-g++}
-export CUDA_INCLUDE=${CUDA_INCLUDE:-/root/.cache/smarttrim/cuda-13.0/nvidia/cu13/include}
+if [[ -z "${CUDA_INCLUDE:-}" ]]; then
+    CUDA_INCLUDE="$(cd "$(dirname "$("$root/scripts/setup-cuda.sh" | tail -n 1)")/../include" && pwd)"
+fi
+export CUDA_INCLUDE
 san=()
 if [[ $asan == 1 ]]; then
     san=(-fsanitize=address,alignment -fno-sanitize-recover=alignment -fno-omit-frame-pointer -g)

@@ -193,12 +193,27 @@ extern "C" void k_mask_excludes_caller(int* out) {
     out[threadIdx.x] = __shfl_xor_sync(0x0000ffffu, 1, 1);
 }
 
+// Reads one element past `n`: what the AddressSanitizer build must report
+// (`emu_selftest oob`, emu/tests/sanitizer_check.sh).
+extern "C" void k_out_of_bounds(const float* x, int n, float* out) {
+    const int i = static_cast<int>(threadIdx.x);
+    out[i] = x[i + (i == 0 ? n : 0)];
+}
+
+// A misaligned 16-byte vector load: what UBSan's alignment check must
+// report (`emu_selftest misaligned`).
+extern "C" void k_misaligned(const float* x, float* out) {
+    const float4 v = *reinterpret_cast<const float4*>(x + 1);
+    out[threadIdx.x] = v.x;
+}
+
 EMU_MODULE("selftest", EMU_KERNEL(k_ldmatrix), EMU_KERNEL(k_mma), EMU_KERNEL(k_cp_async),
            EMU_KERNEL(k_cp_async_groups), EMU_KERNEL(k_cp_async_no_wait), EMU_KERNEL(k_shuffles),
            EMU_KERNEL(k_barrier), EMU_KERNEL(k_lane_exits), EMU_KERNEL(k_different_collectives),
            EMU_KERNEL(k_different_sites), EMU_KERNEL(k_partial_barrier),
            EMU_KERNEL(k_divergent_barrier), EMU_KERNEL(k_deadlock), EMU_KERNEL(k_ldmatrix_global),
-           EMU_KERNEL(k_cp_async_misaligned), EMU_KERNEL(k_mask_excludes_caller))
+           EMU_KERNEL(k_cp_async_misaligned), EMU_KERNEL(k_mask_excludes_caller),
+           EMU_KERNEL(k_out_of_bounds), EMU_KERNEL(k_misaligned))
 
 // ---------------------------------------------------------------- harness --
 
@@ -414,7 +429,25 @@ void test_misuse() {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+    // Deliberate faults for emu/tests/sanitizer_check.sh: the sanitizers
+    // must stop the process with a report naming the kernel's line.
+    if (argc > 1 && std::strcmp(argv[1], "oob") == 0) {
+        std::vector<float> x(32, 1.0f), out(32, 0.0f);
+        float* heap = new float[32];
+        std::memcpy(heap, x.data(), 32 * sizeof(float));
+        run("k_out_of_bounds", 32, static_cast<const float*>(heap), 32, out.data());
+        delete[] heap;
+        std::printf("no fault reported\n");
+        return 0;
+    }
+    if (argc > 1 && std::strcmp(argv[1], "misaligned") == 0) {
+        alignas(16) float x[16] = {0};
+        std::vector<float> out(32, 0.0f);
+        run("k_misaligned", 32, static_cast<const float*>(x), out.data());
+        std::printf("no fault reported\n");
+        return 0;
+    }
     test_ldmatrix();
     test_mma();
     test_cp_async();
