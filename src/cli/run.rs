@@ -190,10 +190,18 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             let (out, syncs, ms) = g
                 .forward(&inputs, args.dense, args.sync.into())
                 .with_context(|| format!("running the model on {}", args.input.display()))?;
-            let note = format!(
-                "{} (f16), {ms:.2} ms, {syncs} host wait(s) inside the pass",
-                g.device_name
-            );
+            let note = if g.emulated {
+                format!(
+                    "{} (f16; emulated on the CPU, no time reported), {syncs} host wait(s) \
+                     inside the pass",
+                    g.device_name
+                )
+            } else {
+                format!(
+                    "{} (f16), {ms:.2} ms, {syncs} host wait(s) inside the pass",
+                    g.device_name
+                )
+            };
             (out, note)
         }
         None => (
