@@ -488,7 +488,9 @@ static NEXT_MODEL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 
 fn upload_model(dev: Device, weights: &Weights, cfg: &ModelConfig) -> Result<GpuModel> {
     {
-        let blas = Blas::new(&dev)?;
+        // The handle alone: every pass brings its workspace's cuBLASLt
+        // workspace.
+        let blas = Blas::handle_only()?;
         let mut up = Uploader {
             stream: dev.stream(),
             bytes: 0,

@@ -17,8 +17,7 @@
 use std::sync::Arc;
 
 use cudarc::cublaslt::{
-    sys as lt_sys, Activation, CudaBlasLT, Matmul, MatmulConfig, MatmulShared,
-    Workspace as LtWorkspace,
+    sys as lt_sys, Activation, Matmul, MatmulConfig, MatmulShared, Workspace as LtWorkspace,
 };
 use cudarc::driver::{CudaStream, CudaView, DevicePtrMut};
 use half::f16;
@@ -91,13 +90,33 @@ impl LinearShape {
     }
 }
 
-/// A cuBLASLt handle with a default stream (the device's it was created
-/// on) and workspace. [`Blas::linear`] runs on those; [`Blas::linear_on`]
-/// runs on any stream of the context with a caller-held [`BlasWorkspace`]
-/// (cuBLASLt handles are not tied to a stream, but two calls running at once
-/// must not share a workspace).
+/// A cuBLASLt handle, optionally with a default stream and workspace.
+/// [`Blas::linear`] runs on those (a handle made by [`Blas::new`]);
+/// [`Blas::linear_on`] runs on any stream of the context with a caller-held
+/// [`BlasWorkspace`] (cuBLASLt handles are not tied to a stream, but two
+/// calls running at once must not share a workspace). The handle is made
+/// directly, not through cudarc's `CudaBlasLT::new`, which unwraps its own
+/// workspace allocation and panics when the device is out of memory.
 pub struct Blas {
-    lt: CudaBlasLT,
+    handle: lt_sys::cublasLtHandle_t,
+    default: Option<(BlasWorkspace, Arc<CudaStream>)>,
+}
+
+// SAFETY: a cuBLASLt handle may be used from any thread (cuBLASLt's handles
+// are thread safe; every call passes its own stream and workspace), and the
+// default workspace and stream are themselves Send + Sync.
+unsafe impl Send for Blas {}
+// SAFETY: as above; `Blas` has no interior mutability of its own.
+unsafe impl Sync for Blas {}
+
+impl Drop for Blas {
+    fn drop(&mut self) {
+        // SAFETY: the handle was created by `create_handle` and is destroyed
+        // once, here; no call using it can still be running on the host
+        // (every call borrows `self`). A failure is ignored: nothing could
+        // be done about it in a destructor.
+        let _ = unsafe { cudarc::cublaslt::result::destroy_handle(self.handle) };
+    }
 }
 
 /// A cuBLASLt workspace (32 MiB on Hopper, 4 MiB before), for
@@ -153,17 +172,32 @@ impl std::fmt::Debug for Blas {
     }
 }
 
+fn handle() -> Result<lt_sys::cublasLtHandle_t> {
+    cudarc::cublaslt::result::create_handle().map_err(|e| Error::Blas {
+        context: "creating the cuBLASLt handle (is libcublasLt on the library path?)".into(),
+        message: format!("{e:?}"),
+    })
+}
+
 impl Blas {
-    /// Creates a cuBLASLt handle (and its workspace) on `dev`'s stream.
+    /// A cuBLASLt handle with a workspace of its own (32 MiB on Hopper,
+    /// 4 MiB before) on `dev`'s stream, for [`Blas::linear`].
     pub fn new(dev: &Device) -> Result<Self> {
-        let lt = dev
-            .untracked(|| CudaBlasLT::new(dev.stream().clone()))
-            .map_err(|e| Error::Blas {
-                context: "creating the cuBLASLt handle (is libcublasLt on the library path?)"
-                    .into(),
-                message: format!("{e:?}"),
-            })?;
-        Ok(Blas { lt })
+        let ws = BlasWorkspace::new(dev)?;
+        Ok(Blas {
+            handle: handle()?,
+            default: Some((ws, dev.stream().clone())),
+        })
+    }
+
+    /// A cuBLASLt handle alone, for [`Blas::linear_on`] with workspaces the
+    /// caller holds (a [`crate::model::GpuModel`]'s: each workspace brings
+    /// its own).
+    pub fn handle_only() -> Result<Self> {
+        Ok(Blas {
+            handle: handle()?,
+            default: None,
+        })
     }
 
     /// `y = epilogue(x W^T + b)`; `bias` is required by the bias epilogues and
@@ -179,10 +213,17 @@ impl Blas {
         epilogue: Epilogue,
         y: &mut Y,
     ) -> Result<()> {
+        let Some((ws, stream)) = &self.default else {
+            return Err(Error::invalid(
+                OP,
+                "this cuBLASLt handle has no default workspace (Blas::handle_only): use \
+                 Blas::linear_on",
+            ));
+        };
         let call = LtCall {
-            handle: self.lt.handle(),
-            ws: self.lt.workspace(),
-            stream: self.lt.stream(),
+            handle: &self.handle,
+            ws: &ws.ws,
+            stream,
         };
         run(&call, shape, x, w, bias, epilogue, y)
     }
@@ -202,7 +243,7 @@ impl Blas {
         y: &mut Y,
     ) -> Result<()> {
         let call = LtCall {
-            handle: self.lt.handle(),
+            handle: &self.handle,
             ws: &ws.ws,
             stream: dev.stream(),
         };
