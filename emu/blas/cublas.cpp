@@ -46,6 +46,7 @@ cublasStatus_t gemm(const char* api, cublasHandle_t handle, cublasOperation_t tr
                     cudaDataType Ctype, int ldc, long long strideC, int batchCount, cublasComputeType_t computeType,
                     cublasGemmAlgo_t algo) {
     emu::count(emu::Counter::BlasMatmuls);
+    if (emu::inject_failure(api)) return CUBLAS_STATUS_EXECUTION_FAILED;
     cublasContext h;
     if (!live_handles().copy(handle, &h)) return no_handle(api, handle);
     for (auto [name, op] : {std::pair{"transa", int(transa)}, std::pair{"transb", int(transb)}}) {
@@ -126,6 +127,7 @@ cublasStatus_t gemm(const char* api, cublasHandle_t handle, cublasOperation_t tr
 EMU_BLAS_API cublasStatus_t cublasCreate_v2(cublasHandle_t* handle) {
     const char* api = "cublasCreate_v2";
     if (!handle) return fail(api, CUBLAS_STATUS_INVALID_VALUE, "handle is NULL");
+    if (emu::inject_failure(api)) return CUBLAS_STATUS_ALLOC_FAILED;
     const CUresult ctx = emu::context_status();
     if (ctx != CUDA_SUCCESS) {
         return fail(api, CUBLAS_STATUS_NOT_INITIALIZED,

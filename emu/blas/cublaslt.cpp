@@ -351,6 +351,7 @@ Algo algo_for(const Config& cfg, const cublasLtMatmulPreferenceOpaque_t& pref) {
 
 EMU_BLAS_API cublasStatus_t cublasLtCreate(cublasLtHandle_t* lightHandle) {
     if (!lightHandle) return fail("cublasLtCreate", CUBLAS_STATUS_INVALID_VALUE, "lightHandle is NULL");
+    if (emu::inject_failure("cublasLtCreate")) return CUBLAS_STATUS_ALLOC_FAILED;
     auto* h = new (std::nothrow) cublasLtContext;
     if (!h) return fail("cublasLtCreate", CUBLAS_STATUS_ALLOC_FAILED, "out of host memory");
     live_handles().add(h);
@@ -617,6 +618,7 @@ EMU_BLAS_API cublasStatus_t cublasLtMatmulAlgoGetHeuristic(
     const char* api = "cublasLtMatmulAlgoGetHeuristic";
     emu::count(emu::Counter::BlasHeuristics);
     if (returnAlgoCount) *returnAlgoCount = 0;
+    if (emu::inject_failure(api)) return CUBLAS_STATUS_NOT_SUPPORTED;
     if (!live_handles().has(lightHandle)) {
         return fail(api, CUBLAS_STATUS_NOT_INITIALIZED,
                     fmt("lightHandle %p is not a live cuBLASLt handle", static_cast<void*>(lightHandle)));
@@ -657,6 +659,7 @@ EMU_BLAS_API cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasL
                                            void* workspace, size_t workspaceSizeInBytes, cudaStream_t stream) {
     const char* api = "cublasLtMatmul";
     emu::count(emu::Counter::BlasMatmuls);
+    if (emu::inject_failure(api)) return CUBLAS_STATUS_EXECUTION_FAILED;
     Config cfg;
     cublasStatus_t st = make_config(api, lightHandle, computeDesc, Adesc, Bdesc, Cdesc, Ddesc, &cfg);
     if (st != CUBLAS_STATUS_SUCCESS) return st;

@@ -493,6 +493,18 @@ __attribute__((visibility("default"))) int smarttrim_emu_fail_after(const char* 
     return -1;
 }
 
+// Calls of `kind` the calling thread made since its last
+// smarttrim_emu_fail_after(kind, ...) (what an injection sweep iterates over);
+// -1 for an unknown kind.
+__attribute__((visibility("default"))) int64_t smarttrim_emu_calls(const char* kind) {
+    for (int k = 0; k < emu::drv::kInjects; ++k) {
+        if (std::strcmp(kind, emu::drv::kInjectNames[k]) == 0) {
+            return static_cast<int64_t>(emu::drv::t_calls[k]);
+        }
+    }
+    return -1;
+}
+
 // Failures injected on the calling thread so far.
 __attribute__((visibility("default"))) uint64_t smarttrim_emu_injected(void) {
     return emu::drv::t_injected;

@@ -73,6 +73,9 @@ STUB_API void device_fault(const char* what, const std::string& message) {
 
 STUB_API CUresult context_status() { return CUresult(g_context_status); }
 
+// No fault injection in the stub (the real driver's is exercised by the GPU tests).
+STUB_API bool inject_failure(const char*) { return false; }
+
 }  // namespace emu
 
 extern "C" {
