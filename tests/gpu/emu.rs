@@ -14,6 +14,7 @@ pub struct Emu {
     names: Vec<String>,
     fail_after: unsafe extern "C" fn(*const c_char, u64) -> c_int,
     injected: unsafe extern "C" fn() -> u64,
+    calls: unsafe extern "C" fn(*const c_char) -> i64,
     describe: unsafe extern "C" fn() -> *const c_char,
     // Keeps the library (already loaded by cudarc) referenced.
     _lib: libloading::Library,
@@ -66,12 +67,14 @@ impl Emu {
                 let counters = *lib.get(b"smarttrim_emu_counters\0").ok()?;
                 let fail_after = *lib.get(b"smarttrim_emu_fail_after\0").ok()?;
                 let injected = *lib.get(b"smarttrim_emu_injected\0").ok()?;
+                let calls = *lib.get(b"smarttrim_emu_calls\0").ok()?;
                 let describe = *lib.get(b"smarttrim_emu_describe\0").ok()?;
                 Some(Emu {
                     counters,
                     names,
                     fail_after,
                     injected,
+                    calls,
                     describe,
                     _lib: lib,
                 })
@@ -101,6 +104,16 @@ impl Emu {
     pub fn injected(&self) -> u64 {
         // SAFETY: no arguments.
         unsafe { (self.injected)() }
+    }
+
+    /// Calls of `kind` this thread made since its last [`Emu::fail_after`]
+    /// of that kind.
+    pub fn calls(&self, kind: &str) -> u64 {
+        let k = CString::new(kind).unwrap();
+        // SAFETY: a valid C string.
+        let n = unsafe { (self.calls)(k.as_ptr()) };
+        assert!(n >= 0, "the emulator knows no injection kind `{kind}`");
+        n as u64
     }
 
     /// The emulator's configuration, one line.

@@ -236,7 +236,14 @@ fn host_involvement_per_pass() {
         return;
     };
     let mut rows = Vec::new();
-    for name in ["tiny-meter", "tiny-bert", "tiny-vit", "tiny-blip"] {
+    for name in [
+        "tiny-meter",
+        "tiny-bert",
+        "tiny-vit",
+        "tiny-blip",
+        "tiny-blip-full",
+        "tiny-meter-full",
+    ] {
         let base = gpu_variant(&preset(name).unwrap());
         for (rule, cfg) in [
             ("threshold", base.clone()),

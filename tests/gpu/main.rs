@@ -12,6 +12,7 @@ mod elementwise;
 mod embed;
 mod emu;
 mod emulator;
+mod faults;
 mod forward;
 mod gemm;
 mod layernorm;
