@@ -477,7 +477,12 @@ fn lifecycle_on_the_gpu_or_no_driver() {
             smarttrim_forward(m, ptr::null_mut(), bad.as_ptr(), 2, ptr::null(), batch, 0),
             SmarttrimStatus::InvalidArgument as i32
         );
-        device_pointer_pass(m, &rows_t, &rows_i, &cu_t, &cu_i, &kept);
+        // A second model, without a workspace yet (`m` has the one its
+        // host-buffer passes grew).
+        let (st, fresh) = create(&cstr(&cp), &cstr(&wp));
+        assert_eq!(st, OK, "{}", last_error());
+        device_pointer_pass(m, fresh, &rows_t, &rows_i, &cu_t, &cu_i, &kept);
+        assert_eq!(smarttrim_model_destroy(fresh), OK);
         assert_eq!(smarttrim_model_destroy(m), OK);
         assert_eq!(
             smarttrim_model_destroy(m),
@@ -499,11 +504,14 @@ fn lifecycle_on_the_gpu_or_no_driver() {
 }
 
 /// The same pass through `smarttrim_forward_device` on a stream of the test's
-/// own, with device buffers: refused before `smarttrim_model_reserve`, then
-/// the same statistics as the host-buffer pass (`kept_host`), the final
-/// `cu_seqlens` consistent with them, and the same again as a CUDA graph.
+/// own, with device buffers: refused on a model without a workspace
+/// (`fresh`) until `smarttrim_model_reserve`; on `m` (whose host-buffer
+/// passes grew a workspace) the same statistics as the host-buffer pass
+/// (`kept_host`), the final `cu_seqlens` consistent with them, and the same
+/// again as a CUDA graph.
 fn device_pointer_pass(
     m: *mut SmarttrimModel,
+    fresh: *mut SmarttrimModel,
     rows_t: &[f32],
     rows_i: &[f32],
     cu_t: &[i32],
@@ -562,7 +570,7 @@ fn device_pointer_pass(
         },
     ];
     let raw = stream.cu_stream() as *mut std::ffi::c_void;
-    let run = |flags: u32| {
+    let run_on = |m: *mut SmarttrimModel, flags: u32| {
         // SAFETY: live handle, buffers of the documented sizes on the
         // model's (primary) context, a live stream of that context.
         unsafe {
@@ -579,20 +587,24 @@ fn device_pointer_pass(
             )
         }
     };
-    assert_eq!(run(0), SmarttrimStatus::InvalidArgument as i32);
+    let run = |flags: u32| run_on(m, flags);
+    assert_eq!(run_on(fresh, 0), SmarttrimStatus::InvalidArgument as i32);
     assert!(
         last_error().contains("smarttrim_model_reserve"),
         "{}",
         last_error()
     );
     let lens = [5, 17];
-    // SAFETY: live handle, one length per stream.
-    assert_eq!(
-        unsafe { smarttrim_model_reserve(m, 2, lens.as_ptr()) },
-        OK,
-        "{}",
-        last_error()
-    );
+    for model in [fresh, m] {
+        // SAFETY: live handle, one length per stream.
+        assert_eq!(
+            unsafe { smarttrim_model_reserve(model, 2, lens.as_ptr()) },
+            OK,
+            "{}",
+            last_error()
+        );
+    }
+    assert_eq!(run_on(fresh, 0), OK, "{}", last_error());
     for flags in [
         0,
         SMARTTRIM_FORWARD_UPPER_BOUND,
