@@ -35,13 +35,29 @@ struct CompactPlanShape {
     int batch;
     int keep_first;  // 1: a sequence's first row is always kept
     float rho;       // budget rule only: k = max(1, ceil(rho * n))
+    int rows;        // host bound on the rows (cu_seqlens[batch]; the buffers' length)
+    int max_seqlen;  // host bound on any sequence's length
 };
 
 struct CompactGatherShape {
     int batch;
     int max_seqlen;  // host upper bound on any sequence's length
     int d;           // row width, a multiple of 8
+    int rows;        // host bound on the rows (the buffers' length)
 };
+
+// Sequence b's rows as [*begin, *begin + return value), from the device
+// cu_seqlens clamped to the host bounds: rows within [0, rows), at most
+// max_seqlen of them. With consistent cu_seqlens this is exactly the
+// sequence; with inconsistent ones (a caller's bug) no kernel of this file
+// can read or write outside its buffers.
+static __device__ __forceinline__ int seq_span(const int* __restrict__ cu, int b, int rows,
+                                               int max_seqlen, int* begin) {
+    const int lo = min(max(cu[b], 0), rows);
+    const int hi = min(max(cu[b + 1], lo), rows);
+    *begin = lo;
+    return min(hi - lo, max_seqlen);
+}
 
 // Exclusive block scan of 0/1 flags (one per thread) in thread order; returns
 // this thread's exclusive prefix and writes the block total to *total.
@@ -105,8 +121,8 @@ extern "C" __global__ void __launch_bounds__(COMPACT_PLAN_THREADS)
     __shared__ int warp_counts[32];
     const int b = blockIdx.x;
     if (b >= shape.batch) return;
-    const int begin = cu_seqlens[b];
-    const int n = cu_seqlens[b + 1] - begin;
+    int begin;
+    const int n = seq_span(cu_seqlens, b, shape.rows, shape.max_seqlen, &begin);
     const bool keep_first = shape.keep_first != 0;
     plan_rows(
         begin, n, [&](int i) { return keep[begin + i] != 0 || (keep_first && i == 0); },
@@ -127,8 +143,9 @@ extern "C" __global__ void __launch_bounds__(COMPACT_PLAN_THREADS)
     __shared__ int oi[COMPACT_BUDGET_MAX_ROWS];
     const int b = blockIdx.x;
     if (b >= shape.batch) return;
-    const int begin = cu_seqlens[b];
-    const int n = min(cu_seqlens[b + 1] - begin, COMPACT_BUDGET_MAX_ROWS);
+    int begin;
+    const int n = min(seq_span(cu_seqlens, b, shape.rows, shape.max_seqlen, &begin),
+                      COMPACT_BUDGET_MAX_ROWS);
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         // NaN ranks lowest, as in the reference (never beats a number).
         const float v = scores[begin + i];
@@ -212,13 +229,16 @@ extern "C" __global__ void __launch_bounds__(32 * COMPACT_GATHER_WARPS)
     const int b = blockIdx.y;
     const int lane = threadIdx.x & 31;
     const int i = blockIdx.x * COMPACT_GATHER_WARPS + (threadIdx.x >> 5);
-    const int begin = cu_seqlens[b];
-    const int n = cu_seqlens[b + 1] - begin;
+    int begin;
+    const int n = seq_span(cu_seqlens, b, shape.rows, shape.max_seqlen, &begin);
     if (i >= n) return;
     const int src = begin + i;
     const int dl = dst_local[src];
     if (dl < 0) return;
+    // new_cu is the scan of the plan's (clamped) counts, so dst < rows; the
+    // clamp only guards against a caller's inconsistent dst_local.
     const int dst = new_cu[b] + dl;
+    if (dl >= n || dst >= shape.rows) return;
     const int d = shape.d;
     const __half* xr = x + static_cast<size_t>(src) * d;
     __half* orow = out + static_cast<size_t>(dst) * d;
@@ -232,10 +252,16 @@ extern "C" __global__ void __launch_bounds__(32 * COMPACT_GATHER_WARPS)
 // max_seqlen is only a host upper bound. Lets a pass start from packed rows
 // already on the device without a host-built index (nor a host copy, which a
 // CUDA-graph capture could not record).
+//
+// `rows` and `max_seqlen` are the host bounds (the orig_index buffer's length
+// and the longest sequence): cu_seqlens is clamped to them, so inconsistent
+// values cannot make it write out of bounds.
 extern "C" __global__ void __launch_bounds__(256)
-    seq_positions_i32(const int* __restrict__ cu_seqlens, int* __restrict__ orig_index) {
+    seq_positions_i32(const int* __restrict__ cu_seqlens, int* __restrict__ orig_index, int rows,
+                      int max_seqlen) {
     const int b = blockIdx.y;
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    const int begin = cu_seqlens[b];
-    if (i < cu_seqlens[b + 1] - begin) orig_index[begin + i] = i;
+    int begin;
+    const int n = seq_span(cu_seqlens, b, rows, max_seqlen, &begin);
+    if (i < n) orig_index[begin + i] = i;
 }

@@ -199,6 +199,8 @@ struct CompactPlanShapeC {
     batch: i32,
     keep_first: i32,
     rho: f32,
+    rows: i32,
+    max_seqlen: i32,
 }
 // SAFETY: `#[repr(C)]` plain data, laid out as `struct CompactPlanShape`.
 unsafe impl DeviceRepr for CompactPlanShapeC {}
@@ -209,6 +211,7 @@ struct CompactGatherShapeC {
     batch: i32,
     max_seqlen: i32,
     d: i32,
+    rows: i32,
 }
 // SAFETY: `#[repr(C)]` plain data, laid out as `struct CompactGatherShape`.
 unsafe impl DeviceRepr for CompactGatherShapeC {}
@@ -276,10 +279,15 @@ pub fn compact(
     check_aligned(OP, "rows", x_ptr, 16)?;
     check_aligned(OP, "out.rows", ox_ptr, 16)?;
 
+    // The host bounds the kernels clamp the device cu_seqlens to (validated
+    // to fit i32 above), so inconsistent cu_seqlens cannot reach past the
+    // buffers.
     let plan_params = CompactPlanShapeC {
         batch: shape.batch as i32,
         keep_first: keep_first as i32,
         rho: rho.unwrap_or(1.0),
+        rows: shape.total_rows as i32,
+        max_seqlen: shape.max_seqlen as i32,
     };
     let plan_cfg = LaunchConfig {
         grid_dim: (shape.batch as u32, 1, 1),
@@ -354,6 +362,7 @@ pub fn compact(
         batch: batch_i,
         max_seqlen: shape.max_seqlen as i32,
         d: shape.d as i32,
+        rows: shape.total_rows as i32,
     };
     let mut launch = stream.launch_builder(&gather);
     launch
@@ -448,13 +457,15 @@ pub fn seq_positions<C: DevicePtr<i32>, O: DevicePtrMut<i32>>(
     let stream = dev.stream();
     let (cu_ptr, _gcu) = cu_seqlens.device_ptr(stream);
     let (oi_ptr, _goi) = orig_index.device_ptr_mut(stream);
+    let rows_i = total_rows as i32;
+    let max_i = max_seqlen as i32;
     let mut launch = stream.launch_builder(&f);
-    launch.arg(&cu_ptr).arg(&oi_ptr);
-    // SAFETY: arguments match `seq_positions_i32(const int*, int*)`;
-    // cu_seqlens holds batch + 1 entries (validated) whose rows lie below
-    // total_rows <= orig_index's length, and no sequence is longer than
-    // max_seqlen (the caller's contract), so every write is in bounds. Grid
-    // (ceil(max_seqlen / 256), batch).
+    launch.arg(&cu_ptr).arg(&oi_ptr).arg(&rows_i).arg(&max_i);
+    // SAFETY: arguments match `seq_positions_i32(const int*, int*, int,
+    // int)`; cu_seqlens holds batch + 1 entries (validated); the kernel
+    // clamps every sequence to [0, total_rows) and max_seqlen, and
+    // orig_index holds at least total_rows entries (validated), so every
+    // write is in bounds. Grid (ceil(max_seqlen / 256), batch).
     unsafe {
         launch.launch(LaunchConfig {
             grid_dim: ((max_seqlen as u32).div_ceil(256), batch as u32, 1),

@@ -248,3 +248,120 @@ fn seq_positions_matches_lengths() {
         assert_eq!(&got[..total], &want[..], "lengths {lens:?}");
     }
 }
+
+/// Defence in depth: device `cu_seqlens` that disagree with the host bounds
+/// (a caller's bug: past the rows, negative, decreasing) make the compaction
+/// and `seq_positions` kernels clamp, not write out of bounds. Every output
+/// buffer has a guard region past its end that must stay as filled (and the
+/// AddressSanitizer run of the emulated device sees any access past the
+/// exact-size buffers).
+#[test]
+fn inconsistent_cu_seqlens_stay_in_bounds() {
+    let Some(dev) = device("inconsistent_cu_seqlens_stay_in_bounds") else {
+        return;
+    };
+    let stream = dev.stream().clone();
+    let (batch, total, max_seqlen, d) = (2usize, 24usize, 16usize, 64usize);
+    const GUARD: usize = 64;
+    let mut rng = Rng::new(77);
+    let x = round_f16(&rng.normals(total * d, 1.0, 0.0));
+    let x_d = stream.clone_htod(&to_f16(&x)).unwrap();
+    let oi_d = stream
+        .clone_htod(&(0..total as i32).collect::<Vec<_>>())
+        .unwrap();
+    let flags_d = stream.clone_htod(&vec![1u8; total]).unwrap();
+    let scores_d = stream.clone_htod(&rng.normals(total, 1.0, 0.0)).unwrap();
+    for bad in [
+        vec![0i32, 10, 1_000_000],
+        vec![0, -50, 20],
+        vec![0, 20, 5],
+        vec![30, 40, 50],
+        vec![-1_000_000, 0, i32::MAX],
+    ] {
+        let cu_d = stream.clone_htod(&bad).unwrap();
+        for budget in [false, true] {
+            let mut ox = stream
+                .clone_htod(&vec![f16_guard(); total * d + GUARD])
+                .unwrap();
+            let mut ocu = stream.clone_htod(&vec![-7i32; batch + 1 + GUARD]).unwrap();
+            let mut ooi = stream.clone_htod(&vec![-7i32; total + GUARD]).unwrap();
+            let mut counts = stream.clone_htod(&vec![-7i32; batch + GUARD]).unwrap();
+            let mut scratch = stream.clone_htod(&vec![-7i32; total + GUARD]).unwrap();
+            let mut keep_out = stream.clone_htod(&vec![7u8; total + GUARD]).unwrap();
+            let rule = if budget {
+                KeepRuleDev::Budget {
+                    scores: &scores_d,
+                    rho: 0.5,
+                }
+            } else {
+                KeepRuleDev::Flags(&flags_d)
+            };
+            compact(
+                &dev,
+                CompactShape {
+                    batch,
+                    total_rows: total,
+                    max_seqlen,
+                    d,
+                },
+                rule,
+                true,
+                CompactInputs {
+                    rows: &x_d,
+                    cu_seqlens: &cu_d,
+                    orig_index: &oi_d,
+                },
+                CompactOutputs {
+                    rows: &mut ox.slice_mut(0..total * d),
+                    cu_seqlens: &mut ocu.slice_mut(0..batch + 1),
+                    orig_index: &mut ooi.slice_mut(0..total),
+                    kept_counts: &mut counts.slice_mut(0..batch),
+                    scratch: &mut scratch.slice_mut(0..total),
+                    new_total: None,
+                    keep_out: Some(&mut keep_out.slice_mut(0..total)),
+                },
+            )
+            .unwrap();
+            let mut pos = stream.clone_htod(&vec![-7i32; total + GUARD]).unwrap();
+            smarttrim::ops::seq_positions(
+                &dev,
+                batch,
+                max_seqlen,
+                total,
+                &cu_d,
+                &mut pos.slice_mut(0..total),
+            )
+            .unwrap();
+            let what = format!("cu_seqlens {bad:?}, budget {budget}");
+            let guard_f16 = stream.clone_dtoh(&ox).unwrap();
+            assert!(
+                guard_f16[total * d..]
+                    .iter()
+                    .all(|v| v.to_bits() == f16_guard().to_bits()),
+                "{what}: rows written past the buffer"
+            );
+            for (name, buf, n) in [
+                ("cu_seqlens", &ocu, batch + 1),
+                ("orig_index", &ooi, total),
+                ("kept counts", &counts, batch),
+                ("scratch", &scratch, total),
+                ("positions", &pos, total),
+            ] {
+                let v = stream.clone_dtoh(buf).unwrap();
+                assert!(
+                    v[n..].iter().all(|&x| x == -7),
+                    "{what}: {name} written past the buffer"
+                );
+            }
+            let k = stream.clone_dtoh(&keep_out).unwrap();
+            assert!(
+                k[total..].iter().all(|&x| x == 7),
+                "{what}: keep flags past the buffer"
+            );
+        }
+    }
+}
+
+fn f16_guard() -> half::f16 {
+    half::f16::from_f32(-12345.0)
+}

@@ -16,7 +16,8 @@ use smarttrim::spec::{preset, KeepRule, ModelConfig, Weights};
 use crate::common::*;
 use crate::emu::{Counters, Emu};
 
-/// `seq_positions_i32(cu_seqlens, orig_index)` (launch bounds 256) on
+/// `seq_positions_i32(cu_seqlens, orig_index, rows, max_seqlen)` (launch
+/// bounds 256) on
 /// `stream` with `threads` per block: one sequence of `n` rows.
 fn launch_positions(
     dev: &Device,
@@ -27,11 +28,13 @@ fn launch_positions(
 ) -> Result<(), cudarc::driver::DriverError> {
     let f = dev.function("compact", "seq_positions_i32").unwrap();
     let (cu_ptr, _g1) = cu.device_ptr(stream);
+    let rows = out.len() as i32;
     let (out_ptr, _g2) = out.device_ptr_mut(stream);
     let mut b = stream.launch_builder(&f);
-    b.arg(&cu_ptr).arg(&out_ptr);
-    // SAFETY: the kernel's signature is (const int*, int*); `cu` holds one
-    // sequence of at most out.len() rows, so every write is in bounds.
+    b.arg(&cu_ptr).arg(&out_ptr).arg(&rows).arg(&rows);
+    // SAFETY: the kernel's signature is (const int*, int*, int rows, int
+    // max_seqlen); it clamps `cu`'s one sequence to out.len() rows, so every
+    // write is in bounds.
     unsafe {
         b.launch(LaunchConfig {
             grid_dim: (1, 1, 1),
@@ -191,7 +194,16 @@ fn budget_variant(cfg: &ModelConfig) -> ModelConfig {
     c
 }
 
+/// Layers at which a threshold-rule token pruner runs (a whole model: over
+/// its stages), each a host wait under `ReadCounts`.
 fn threshold_layers(cfg: &ModelConfig) -> usize {
+    if cfg.is_composite() {
+        return cfg
+            .stages()
+            .iter()
+            .map(|st| threshold_layers(&st.config))
+            .sum();
+    }
     let layers = cfg.streams[0].layers.len();
     (0..layers)
         .filter(|&l| {
