@@ -164,7 +164,9 @@ extern "C" __global__ void __launch_bounds__(SR_THREADS)
     __shared__ __align__(16) __half As[SR_BM * SR_BK];
     __shared__ __align__(16) __half Bs[SR_BN * SR_BK];
 
-    const int total = cu_seqlens[shape.batch];  // device row count
+    // Device row count, clamped to the host bound (the buffers' rows), so
+    // inconsistent cu_seqlens cannot make it read or write out of bounds.
+    const int total = min(cu_seqlens[shape.batch], shape.rows);
     const int row0 = blockIdx.x * SR_BM;
     if (row0 >= total) return;  // whole block past the true end
 
@@ -283,7 +285,7 @@ extern "C" __global__ void score_finalize(const float* __restrict__ partial,
                                           float* __restrict__ scores, uint8_t* __restrict__ flags,
                                           ScoreRowsShape shape) {
     const int r = blockIdx.x * blockDim.x + threadIdx.x;
-    const int total = cu_seqlens[shape.batch];
+    const int total = min(cu_seqlens[shape.batch], shape.rows);  // as score_rows_f16
     if (r >= total) return;
     float s = shape.b2;
     for (int y = 0; y < shape.splits; ++y) s += partial[static_cast<size_t>(y) * shape.rows + r];
