@@ -909,23 +909,25 @@ impl ModelConfig {
     }
 }
 
-/// Parses a config document. serde's message for an unknown field or
-/// variant lists the expected names; the nearest of them is added.
+/// Parses a config document: text that is not JSON is an [`Error::Json`];
+/// JSON that does not fit the schema (an unknown or missing field, a wrong
+/// type, a rule's stray parameter) an [`Error::Config`]. serde's message
+/// for an unknown field or variant lists the expected names; the nearest
+/// of them is added.
 fn parse_config(json: &str, context: &str) -> Result<ModelConfig> {
     let c = serde_json::from_str(json).map_err(|e| {
-        let msg = e.to_string();
-        match unknown_name(&msg) {
-            Some((name, expected)) => {
-                let hint = nearest(name, &expected)
-                    .map(|n| format!("; did you mean `{n}`?"))
-                    .unwrap_or_default();
-                Error::Config(format!("{context}: {msg}{hint}"))
-            }
-            None => Error::Json {
+        if e.classify() != serde_json::error::Category::Data {
+            return Error::Json {
                 context: context.to_string(),
                 source: e,
-            },
+            };
         }
+        let msg = e.to_string();
+        let hint = unknown_name(&msg)
+            .and_then(|(name, expected)| nearest(name, &expected))
+            .map(|n| format!("; did you mean `{n}`?"))
+            .unwrap_or_default();
+        Error::Config(format!("{context}: {msg}{hint}"))
     })?;
     let extras = unit_variant_extras(json);
     if !extras.is_empty() {
