@@ -122,6 +122,25 @@ pub enum Error {
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
 
+    /// Work whose size, computed before allocating, exceeds the memory
+    /// available or a stated limit ([`crate::limits`]).
+    #[error(
+        "{what} would need at least {} of memory, more than {} ({source_of_limit})",
+        crate::limits::human_bytes(*needed),
+        crate::limits::human_bytes(*limit)
+    )]
+    TooLarge {
+        /// What was about to be allocated.
+        what: String,
+        /// A lower bound of the bytes it needs.
+        needed: u64,
+        /// The limit, in bytes.
+        limit: u64,
+        /// Where the limit comes from (`the memory available`, or
+        /// `SMARTTRIM_MEMORY_LIMIT=...`).
+        source_of_limit: String,
+    },
+
     /// A picture could not be drawn or encoded.
     #[error("plotting error: {0}")]
     Plot(String),

@@ -219,7 +219,9 @@ pub fn status_of(e: &Error) -> SmarttrimStatus {
         | Error::Blas { .. }
         | Error::MissingKernel { .. }
         | Error::UnknownModule(_) => S::CudaError,
-        Error::InvalidArgument { .. } | Error::Input(_) => S::InvalidArgument,
+        Error::InvalidArgument { .. } | Error::Input(_) | Error::TooLarge { .. } => {
+            S::InvalidArgument
+        }
         Error::Unsupported { .. } => S::Unsupported,
         Error::Config(_) | Error::Json { .. } => S::ConfigError,
         Error::Weights(_) | Error::Safetensors { .. } => S::WeightsError,

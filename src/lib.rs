@@ -3,7 +3,7 @@
 //!
 //! Layers, bottom up (dependencies point one way):
 //!
-//! - [`error`]: the one error type.
+//! - [`error`]: the one error type; [`limits`]: sizes checked before allocating.
 //! - [`device`] and [`kernels`]: CUDA context, streams, the embedded PTX modules.
 //! - [`ops`]: safe wrappers around the hand-written kernels (validate, then launch).
 //! - [`spec`]: the model's description (config, weights, FLOPs), shared by both backends.
@@ -24,6 +24,7 @@ pub mod embed;
 pub mod error;
 pub mod ffi;
 pub mod kernels;
+pub mod limits;
 pub mod model;
 pub mod ops;
 pub mod reference;

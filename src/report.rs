@@ -5,8 +5,9 @@
 //! Both pictures are drawn with `plotters` into SVG (`.svg`) or PNG (`.png`),
 //! chosen by the path's extension. A picture is first built as a [`Scene`]
 //! of rectangles, lines and text in pixel coordinates (pure, testable), then
-//! painted by the backend and written with one file write, so a bad path is
-//! an [`Error::Io`] and nothing is left half written.
+//! painted by the backend and written atomically (a temporary file renamed
+//! into place, [`crate::tensor_io::write_atomic`]), so a bad path or a full
+//! disk is an [`Error::Io`] and nothing is left half written.
 //!
 //! Text in SVG needs no font (the viewer renders it). The PNG backend
 //! rasterises text itself and needs a TrueType font: [`png_font`] looks for
@@ -325,7 +326,7 @@ pub fn render(scene: &Scene, path: &Path) -> Result<()> {
             out
         }
     };
-    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+    crate::tensor_io::write_atomic(path, &bytes)
 }
 
 /// Whether stream `si` is drawn as an image-patch grid: a ViT stream, or a

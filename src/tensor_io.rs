@@ -30,17 +30,22 @@
 //! `[batch]`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::reference::{Inputs, Outputs, StreamInput};
+use crate::spec::weights::check_unique_names;
 use crate::spec::{EmbeddingConfig, ModelConfig, ModelKind};
 use crate::{Error, Result};
 
 /// Reads a forward pass's inputs for `config` from a safetensors file,
-/// reporting every missing, misnamed or ill-shaped tensor at once.
+/// reporting every problem the file holds at once: missing, misnamed,
+/// repeated or ill-shaped tensors, and what the tensors say about each
+/// other and about the config (`cu_seqlens` against the rows, token ids
+/// against the vocabulary, sequence lengths against `max_positions`, batch
+/// sizes across streams).
 pub fn read_inputs(config: &ModelConfig, path: impl AsRef<Path>) -> Result<Inputs> {
     let p = path.as_ref();
     let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
@@ -49,6 +54,7 @@ pub fn read_inputs(config: &ModelConfig, path: impl AsRef<Path>) -> Result<Input
 
 /// [`read_inputs`] on bytes (`context` names them in errors).
 pub fn inputs_from_bytes(config: &ModelConfig, bytes: &[u8], context: &str) -> Result<Inputs> {
+    check_unique_names(bytes, context)?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
         context: context.to_string(),
         message: e.to_string(),
@@ -63,6 +69,8 @@ pub fn inputs_from_bytes(config: &ModelConfig, bytes: &[u8], context: &str) -> R
         t
     };
     let mut streams = Vec::new();
+    // (what, batch) of every input that decoded, to compare batch sizes.
+    let mut batches: Vec<(String, usize)> = Vec::new();
     for s in config
         .input_streams()
         .into_iter()
@@ -77,20 +85,30 @@ pub fn inputs_from_bytes(config: &ModelConfig, bytes: &[u8], context: &str) -> R
                 match (rows, cu) {
                     (Some(rows), Some(cu)) => {
                         let rows = floats(&format!("{n}.rows"), &rows, Some(2), &mut errs);
-                        if let Some((shape, _)) = &rows {
+                        let rows = rows.and_then(|(shape, v)| {
                             if shape[1] != width {
                                 errs.push(format!(
                                     "`{n}.rows` has {} columns, the stream takes rows {width} wide",
                                     shape[1]
                                 ));
+                                None
+                            } else {
+                                Some((shape[0], v))
                             }
-                        }
+                        });
                         let cu = ints(&format!("{n}.cu_seqlens"), &cu, &mut errs);
+                        let cu = cu.and_then(|cu| {
+                            let total = rows.as_ref().map(|(t, _)| (*t, format!("`{n}.rows`")));
+                            seqlens(&format!("{n}.cu_seqlens"), &cu, total, &mut errs)
+                        });
                         match (rows, cu) {
-                            (Some((_, rows)), Some(cu)) => Some(StreamInput::Packed {
-                                rows,
-                                cu_seqlens: cu.into_iter().map(|x| x as i32).collect(),
-                            }),
+                            (Some((_, rows)), Some(cu)) => {
+                                batches.push((format!("`{n}.cu_seqlens`"), cu.len() - 1));
+                                Some(StreamInput::Packed {
+                                    rows,
+                                    cu_seqlens: cu,
+                                })
+                            }
                             _ => None,
                         }
                     }
@@ -105,7 +123,12 @@ pub fn inputs_from_bytes(config: &ModelConfig, bytes: &[u8], context: &str) -> R
                     }
                 }
             }
-            EmbeddingConfig::Bert { .. } => {
+            EmbeddingConfig::Bert {
+                vocab_size,
+                max_positions,
+                type_vocab_size,
+                position_offset,
+            } => {
                 let ids = get(&format!("{n}.input_ids"));
                 let types = get(&format!("{n}.token_type_ids"));
                 let cu = get(&format!("{n}.cu_seqlens"));
@@ -119,21 +142,67 @@ pub fn inputs_from_bytes(config: &ModelConfig, bytes: &[u8], context: &str) -> R
                 let types =
                     types.and_then(|t| ids_of(&format!("{n}.token_type_ids"), &t, &mut errs));
                 let cu = cu.and_then(|t| ints(&format!("{n}.cu_seqlens"), &t, &mut errs));
-                if let (Some(i), Some(t)) = (&ids, &types) {
-                    if i.len() != t.len() {
+                let cu = cu.and_then(|cu| {
+                    let total = ids.as_ref().map(|i| (i.len(), format!("`{n}.input_ids`")));
+                    seqlens(&format!("{n}.cu_seqlens"), &cu, total, &mut errs)
+                });
+                if let Some(i) = &ids {
+                    if let Some(at) = i.iter().position(|&t| t as usize >= *vocab_size) {
                         errs.push(format!(
-                            "`{n}.token_type_ids` has {} entries, `{n}.input_ids` {}",
-                            t.len(),
-                            i.len()
+                            "`{n}.input_ids` element {at} is {}, outside the vocabulary \
+                             (vocab_size {vocab_size})",
+                            i[at]
                         ));
                     }
                 }
+                match (&ids, &types) {
+                    (_, Some(_)) if *type_vocab_size == 0 => errs.push(format!(
+                        "`{n}.token_type_ids` given, but stream `{n}` has no token types \
+                         (type_vocab_size 0)"
+                    )),
+                    (Some(i), Some(t)) if i.len() != t.len() => errs.push(format!(
+                        "`{n}.token_type_ids` has {} entries, `{n}.input_ids` {}",
+                        t.len(),
+                        i.len()
+                    )),
+                    (_, Some(t)) => {
+                        if let Some(at) = t.iter().position(|&x| x as usize >= *type_vocab_size) {
+                            errs.push(format!(
+                                "`{n}.token_type_ids` element {at} is {}, outside \
+                                 0..{type_vocab_size} (type_vocab_size)",
+                                t[at]
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+                if let Some(cu) = &cu {
+                    let fit = max_positions.saturating_sub(*position_offset);
+                    if let Some(b) = cu.windows(2).position(|w| (w[1] - w[0]) as usize > fit) {
+                        let l = cu[b + 1] - cu[b];
+                        errs.push(if *position_offset > 0 {
+                            format!(
+                                "`{n}.cu_seqlens`: sequence {b} has {l} tokens, more than the \
+                                 {fit} that fit (max_positions {max_positions}, positions \
+                                 starting at position_offset {position_offset})"
+                            )
+                        } else {
+                            format!(
+                                "`{n}.cu_seqlens`: sequence {b} has {l} tokens, more than \
+                                 max_positions {max_positions}"
+                            )
+                        });
+                    }
+                }
                 match (ids, cu) {
-                    (Some(ids), Some(cu)) => Some(StreamInput::Tokens {
-                        ids,
-                        type_ids: types,
-                        cu_seqlens: cu.into_iter().map(|x| x as i32).collect(),
-                    }),
+                    (Some(ids), Some(cu)) => {
+                        batches.push((format!("`{n}.cu_seqlens`"), cu.len() - 1));
+                        Some(StreamInput::Tokens {
+                            ids,
+                            type_ids: types,
+                            cu_seqlens: cu,
+                        })
+                    }
                     _ => None,
                 }
             }
@@ -157,7 +226,14 @@ pub fn inputs_from_bytes(config: &ModelConfig, bytes: &[u8], context: &str) -> R
                                     "`{n}.pixels` has shape {shape:?}, expected [batch, {channels}, {image_size}, {image_size}]"
                                 ));
                                 None
+                            } else if shape[0] == 0 {
+                                errs.push(format!(
+                                    "`{n}.pixels` holds no image (batch 0); a pass needs at \
+                                     least one"
+                                ));
+                                None
                             } else {
+                                batches.push((format!("`{n}.pixels`"), shape[0]));
                                 Some(StreamInput::Pixels {
                                     pixels,
                                     batch: shape[0],
@@ -184,22 +260,44 @@ pub fn inputs_from_bytes(config: &ModelConfig, bytes: &[u8], context: &str) -> R
                 errs.push("missing tensor `context.cu_seqlens` ([batch + 1] i32)".into());
             }
             let rows = rows.and_then(|t| floats("context.rows", &t, Some(2), &mut errs));
-            if let Some((shape, _)) = &rows {
+            let rows = rows.and_then(|(shape, v)| {
                 if shape[1] != context_hidden {
                     errs.push(format!(
                         "`context.rows` has {} columns, expected context_hidden = {context_hidden}",
                         shape[1]
                     ));
+                    None
+                } else {
+                    Some((shape[0], v))
                 }
-            }
+            });
             let cu = cu.and_then(|t| ints("context.cu_seqlens", &t, &mut errs));
+            let cu = cu.and_then(|cu| {
+                let total = rows
+                    .as_ref()
+                    .map(|(t, _)| (*t, "`context.rows`".to_string()));
+                seqlens("context.cu_seqlens", &cu, total, &mut errs)
+            });
             match (rows, cu) {
-                (Some((_, r)), Some(c)) => Some((r, c.into_iter().map(|x| x as i32).collect())),
+                (Some((_, r)), Some(c)) => {
+                    batches.push(("`context.cu_seqlens`".into(), c.len() - 1));
+                    Some((r, c))
+                }
                 _ => None,
             }
         }
         _ => None,
     };
+    if let Some((first, b0)) = batches.first() {
+        for (what, b) in &batches[1..] {
+            if b != b0 {
+                errs.push(format!(
+                    "{what} gives a batch of {b} sequences, {first} {b0}: every input stream \
+                     holds the same batch"
+                ));
+            }
+        }
+    }
     let mut unexpected: Vec<&str> = st
         .names()
         .into_iter()
@@ -207,24 +305,27 @@ pub fn inputs_from_bytes(config: &ModelConfig, bytes: &[u8], context: &str) -> R
         .collect();
     unexpected.sort_unstable();
     const SHOWN: usize = 8;
-    for name in unexpected.iter().take(SHOWN) {
-        errs.push(format!("unexpected tensor `{name}`"));
+    for (i, name) in unexpected.iter().take(SHOWN).enumerate() {
+        // The hint rides on the first such line: it is not a problem of its own.
+        let hint = if i == 0 {
+            format!(
+                " (input tensors are named after the config's streams {}; see docs/FORMATS.md)",
+                config
+                    .streams
+                    .iter()
+                    .map(|s| format!("`{}`", s.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            String::new()
+        };
+        errs.push(format!("unexpected tensor `{name}`{hint}"));
     }
     if unexpected.len() > SHOWN {
         errs.push(format!(
             "... and {} more unexpected tensors",
             unexpected.len() - SHOWN
-        ));
-    }
-    if !unexpected.is_empty() {
-        errs.push(format!(
-            "(input tensors are named after the config's streams {}; see docs/FORMATS.md)",
-            config
-                .streams
-                .iter()
-                .map(|s| format!("`{}`", s.name))
-                .collect::<Vec<_>>()
-                .join(", ")
         ));
     }
     if !errs.is_empty() {
@@ -234,6 +335,57 @@ pub fn inputs_from_bytes(config: &ModelConfig, bytes: &[u8], context: &str) -> R
         streams: streams.into_iter().flatten().collect(),
         context,
     })
+}
+
+/// A `cu_seqlens` tensor's values as i32 offsets, checked: at least one
+/// sequence, every value within i32 (an i64 file's values are never
+/// narrowed silently), starting at 0, non-decreasing, and ending at the
+/// row count `total` (with the tensor it counts) where that is known.
+fn seqlens(
+    name: &str,
+    v: &[i64],
+    total: Option<(usize, String)>,
+    errs: &mut Vec<String>,
+) -> Option<Vec<i32>> {
+    if v.len() < 2 {
+        errs.push(format!(
+            "`{name}` has {} entr{}: no sequence (batch 0); a pass needs at least one, \
+             [0, n, ...]",
+            v.len(),
+            if v.len() == 1 { "y" } else { "ies" }
+        ));
+        return None;
+    }
+    if let Some(i) = v.iter().position(|&x| i32::try_from(x).is_err()) {
+        errs.push(format!(
+            "`{name}` element {i} is {}, outside the i32 range of row offsets",
+            v[i]
+        ));
+        return None;
+    }
+    if v[0] != 0 {
+        errs.push(format!("`{name}` starts at {}, not 0", v[0]));
+        return None;
+    }
+    if let Some(i) = v.windows(2).position(|w| w[1] < w[0]) {
+        errs.push(format!(
+            "`{name}` decreases at element {} ({} -> {})",
+            i + 1,
+            v[i],
+            v[i + 1]
+        ));
+        return None;
+    }
+    if let Some((t, what)) = total {
+        let last = v[v.len() - 1];
+        if last != t as i64 {
+            errs.push(format!(
+                "`{name}` ends at {last}, but {what} holds {t} rows"
+            ));
+            return None;
+        }
+    }
+    Some(v.iter().map(|&x| x as i32).collect())
 }
 
 /// f32 values (from f32, f16 or bf16) of a tensor with the given rank.
@@ -516,23 +668,38 @@ pub fn tensors_to_bytes(tensors: &[OutputTensor]) -> Result<Vec<u8>> {
     })
 }
 
+/// The temporary files [`write_atomic`] is writing now.
+fn pending() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    static PENDING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    PENDING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Removes the temporary files of every [`write_atomic`] in progress and
+/// returns how many there were: for an interrupt handler (the CLI calls it
+/// on Ctrl-C before exiting), so that no hidden partial file is left.
+pub fn remove_temp_files() -> usize {
+    let files = std::mem::take(&mut *pending());
+    for f in &files {
+        let _ = std::fs::remove_file(f);
+    }
+    files.len()
+}
+
 /// Writes bytes to `path` atomically: a temporary file beside it, renamed
-/// into place, so a failure never leaves a partial file.
+/// into place, so a failure never leaves a partial file (and
+/// [`remove_temp_files`] removes the temporary file of a write that is
+/// interrupted).
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     let p = path.as_ref();
-    let dir = p
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file = p
-        .file_name()
-        .ok_or_else(|| Error::io(p, std::io::Error::other("not a file path")))?;
+    let (dir, file) = split_output_path(p)?;
     let tmp = dir.join(format!(
         ".{}.tmp{}",
         file.to_string_lossy(),
         std::process::id()
     ));
+    pending().push(tmp.clone());
     let res = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, p));
+    pending().retain(|t| *t != tmp);
     if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(p, e));
@@ -540,8 +707,141 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The folder (`.` for a bare name) and the file name of an output path.
+fn split_output_path(p: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
+    let dir = p
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file = p
+        .file_name()
+        .ok_or_else(|| Error::io(p, std::io::Error::other("not a file path")))?;
+    Ok((dir, file))
+}
+
+/// Checks, before any work, that [`write_atomic`] will be able to write
+/// `path`: its folder exists and is a folder, `path` is not a folder, and a
+/// file can be created in the folder (a probe file, removed at once).
+pub fn check_output_path(path: impl AsRef<Path>) -> Result<()> {
+    use std::io::{Error as IoError, ErrorKind};
+    let p = path.as_ref();
+    let (dir, file) = split_output_path(p)?;
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(Error::io(
+                p,
+                IoError::new(
+                    ErrorKind::NotFound,
+                    format!("the folder {} does not exist", dir.display()),
+                ),
+            ))
+        }
+        Err(e) => return Err(Error::io(dir, e)),
+        Ok(m) if !m.is_dir() => {
+            return Err(Error::io(
+                p,
+                IoError::other(format!("{} is not a folder", dir.display())),
+            ))
+        }
+        Ok(_) => {}
+    }
+    if p.is_dir() {
+        return Err(Error::io(
+            p,
+            IoError::other("is a folder; give a file path"),
+        ));
+    }
+    let probe = dir.join(format!(
+        ".{}.probe{}",
+        file.to_string_lossy(),
+        std::process::id()
+    ));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(
+            p,
+            IoError::new(
+                e.kind(),
+                format!("cannot create a file in {} ({e})", dir.display()),
+            ),
+        )),
+    }
+}
+
 /// Writes every output of a forward pass to a safetensors file, atomically.
 pub fn write_outputs(config: &ModelConfig, out: &Outputs, path: impl AsRef<Path>) -> Result<()> {
     let bytes = tensors_to_bytes(&output_tensors(config, out))?;
     write_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seqlens_are_checked_not_narrowed() {
+        let mut errs = Vec::new();
+        let total = Some((10, "`x.rows`".to_string()));
+        assert_eq!(
+            seqlens("x.cu", &[0, 4, 10], total.clone(), &mut errs),
+            Some(vec![0, 4, 10])
+        );
+        assert!(errs.is_empty());
+        for (v, needle) in [
+            (vec![0, (1i64 << 32) + 4, 10], "element 1 is 4294967300"),
+            (vec![0], "no sequence (batch 0)"),
+            (vec![], "no sequence (batch 0)"),
+            (vec![2, 4, 10], "starts at 2"),
+            (vec![0, 6, 4, 10], "decreases at element 2"),
+            (vec![0, 4, 9], "ends at 9, but `x.rows` holds 10 rows"),
+        ] {
+            let mut errs = Vec::new();
+            assert_eq!(seqlens("x.cu", &v, total.clone(), &mut errs), None, "{v:?}");
+            assert_eq!(errs.len(), 1, "{v:?}: {errs:?}");
+            assert!(errs[0].contains(needle), "{v:?}: {errs:?}");
+        }
+    }
+
+    #[test]
+    fn output_paths_are_checked_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("out.safetensors");
+        check_output_path(&ok).unwrap();
+        assert!(!ok.exists());
+        let e = check_output_path(dir.path().join("no/out.safetensors")).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        let e = check_output_path(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("is a folder"), "{e}");
+        std::fs::write(&ok, b"x").unwrap();
+        let e = check_output_path(ok.join("inner")).unwrap_err();
+        assert!(e.to_string().contains("is not a folder"), "{e}");
+        // Nothing but the file written above.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn interrupted_writes_leave_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.bin");
+        let tmp = dir
+            .path()
+            .join(format!(".big.bin.tmp{}", std::process::id()));
+        // What a handler would find mid-write: the temporary file, registered.
+        std::fs::write(&tmp, b"partial").unwrap();
+        pending().push(tmp.clone());
+        assert_eq!(remove_temp_files(), 1);
+        assert!(!tmp.exists());
+        assert_eq!(remove_temp_files(), 0);
+        write_atomic(&p, b"whole").unwrap();
+        assert_eq!(remove_temp_files(), 0, "a finished write is not pending");
+        assert_eq!(std::fs::read(&p).unwrap(), b"whole");
+    }
 }

@@ -141,7 +141,13 @@ pub fn workload(name: &str) -> Result<&'static Workload> {
         Error::invalid(
             "workload",
             format!(
-                "unknown workload `{name}`; known workloads: {}",
+                "unknown workload `{name}`{}; known workloads: {}",
+                crate::spec::config::nearest(
+                    name,
+                    &WORKLOADS.iter().map(|w| w.name).collect::<Vec<_>>()
+                )
+                .map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default(),
                 WORKLOADS
                     .iter()
                     .map(|w| w.name)

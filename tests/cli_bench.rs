@@ -116,6 +116,17 @@ fn cpu_table_and_json() {
     let json = dir.path().join("bench.json");
     let (ok, out, err) = cpu_bench(&["--graph", "both"], &json);
     assert!(ok, "bench failed: {err}");
+    // Before the work, on the CPU: an estimate of the whole run (2 workloads x
+    // 2 batches x 6 measurements x (1 + 3) passes; the graph rows run none).
+    let estimate = err
+        .lines()
+        .find(|l| l.starts_with("bench: estimated total on the CPU reference: about"))
+        .unwrap_or_else(|| panic!("no estimate on stderr:\n{err}"));
+    assert!(estimate.contains("for 96 forward passes"), "{estimate}");
+    assert!(
+        err.find("estimated total") < err.find("(dense pass):"),
+        "the estimate comes first:\n{err}"
+    );
     // The table: a header, one line per row, notes for the unreachable targets.
     assert!(out.contains("device cpu"), "{out}");
     let header = out

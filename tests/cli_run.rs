@@ -501,7 +501,7 @@ fn bad_inputs_are_reported_and_leave_no_file() {
             with(&good_meter, "image.cu_seqlens", &|x| {
                 *x = i32t("image.cu_seqlens", &[0, 10, 20]);
             }),
-            vec!["cu_seqlens ends at 20"],
+            vec!["`image.cu_seqlens` ends at 20"],
         ),
         (
             "token id past the vocabulary",

@@ -13,12 +13,13 @@ use serde::{Deserialize, Serialize};
 use smarttrim::device::Device;
 use smarttrim::model::{Capacity, GpuForwardOptions, GpuModel, SyncPolicy, Workspace};
 use smarttrim::reference::{forward, ForwardOptions, Inputs};
-use smarttrim::spec::schedule::{model_flops_ratio, LayerStats};
+use smarttrim::spec::schedule::{budget_flops, model_flops_ratio, without_pruners, LayerStats};
 use smarttrim::spec::Weights;
 use smarttrim::workloads::{workload, Plan, Schedule, Workload, DEFAULT_WORKLOADS, SCHEDULES};
 use smarttrim::Error;
 
 use super::gpu::SyncChoice;
+use super::progress::{self, Progress};
 
 /// Where the passes run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -89,6 +90,9 @@ struct TorchRow {
     workload: String,
     batch: usize,
     mode: String,
+    /// Required: a number, or `null` for a mode that did not run (a row
+    /// without it is a malformed file, not a failed mode).
+    #[serde(deserialize_with = "Option::deserialize")]
     dense_ms: Option<f64>,
     #[serde(default)]
     device: Option<String>,
@@ -123,7 +127,7 @@ fn read_torch(path: &PathBuf) -> anyhow::Result<HashMap<(String, usize), TorchEn
     let rows: Vec<TorchRow> = serde_json::from_str(&text).with_context(|| {
         format!(
             "parsing the PyTorch baseline {} (expected a JSON list of {{workload, batch, mode, \
-             dense_ms}} objects)",
+             dense_ms}} objects, dense_ms a number or null)",
             path.display()
         )
     })?;
@@ -356,6 +360,7 @@ type Outcome = Result<Measured, String>;
 /// whole call (which ends with the device synchronised) and, on the GPU, by
 /// the pass's own device time. `Error::Unsupported` becomes `Err(message)`;
 /// any other error fails the run.
+#[allow(clippy::too_many_arguments)]
 fn measure(
     session: &mut Session<'_>,
     plan: &Plan,
@@ -364,8 +369,12 @@ fn measure(
     graph: bool,
     warmup: usize,
     iters: usize,
+    bar: &Progress,
 ) -> anyhow::Result<Outcome> {
-    let unsupported = |e: Error| -> anyhow::Result<Outcome> {
+    let mut done = 0u64;
+    let unsupported = |e: Error, done: u64| -> anyhow::Result<Outcome> {
+        // The passes it will not run count as done.
+        bar.inc_by((warmup + iters) as u64 - done);
         match e {
             Error::Unsupported { message, .. } => Ok(Err(message)),
             e => Err(e.into()),
@@ -373,8 +382,10 @@ fn measure(
     };
     for _ in 0..warmup {
         if let Err(e) = session.run(dense, graph) {
-            return unsupported(e);
+            return unsupported(e, done);
         }
+        bar.inc();
+        done += 1;
     }
     let mut ms = Vec::with_capacity(iters);
     let mut wall = Vec::with_capacity(iters);
@@ -390,8 +401,10 @@ fn measure(
                 wall.push(dt);
                 syncs = syncs.max(p.syncs);
                 last = Some(p);
+                bar.inc();
+                done += 1;
             }
-            Err(e) => return unsupported(e),
+            Err(e) => return unsupported(e, done),
         }
     }
     let last = last.ok_or_else(|| anyhow!("no timed pass (--iters 0)"))?;
@@ -501,6 +514,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let schedules = dedup(schedules);
     let batches = dedup(args.batch.clone());
     let torch = args.torch.as_ref().map(read_torch).transpose()?;
+    if let Some(p) = &args.json {
+        smarttrim::tensor_io::check_output_path(p)?;
+    }
+    for w in &workloads {
+        let bytes = batches.iter().try_fold(0u64, |acc, &b| {
+            input_bytes(w, b).map(|x| acc.saturating_add(x))
+        })?;
+        smarttrim::limits::check_memory(
+            &format!("{}: the inputs of --batch {:?}", w.name, batches),
+            bytes,
+        )?;
+    }
     let sync = SyncPolicy::from(args.sync);
     let (engine, device_name, sync_name) = match args.device {
         BenchDevice::Cpu => (Engine::Cpu, "cpu".to_string(), "none".to_string()),
@@ -524,6 +549,59 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let commit = commit();
     let graphs = graph_modes(args.graph);
+    // Passes per measurement, measurements per (workload, batch, graph):
+    // the dense baseline and one per schedule.
+    let per_measurement = (args.warmup + args.iters) as u64;
+    let measurements =
+        (workloads.len() * batches.len() * graphs.len() * (1 + schedules.len())) as u64;
+    // On the CPU, a pass of a full-size workload takes seconds: time one
+    // and say what the whole run will take before starting it.
+    let mut calibration: Option<(&'static str, Weights)> = None;
+    if matches!(engine, Engine::Cpu) {
+        let (w0, b0) = (workloads[0], batches.iter().copied().min().unwrap_or(1));
+        let base = {
+            let _p = progress::spinner(format!("{}: generating weights", w0.name));
+            w0.weights(args.seed)?
+        };
+        let inputs = w0.inputs(b0, args.seed.wrapping_add(1))?;
+        let secs = {
+            let _p = progress::spinner(format!(
+                "timing one dense pass of {} batch {b0} to estimate the run",
+                w0.name
+            ));
+            let t = Instant::now();
+            forward(&base, &inputs, &ForwardOptions { dense: true })?;
+            t.elapsed().as_secs_f64()
+        };
+        let flops0 = dense_flops(w0, b0)?.max(1) as f64;
+        // CPU rows with a graph are unsupported at once: no pass.
+        let runs = if graphs.contains(&false) { 1.0 } else { 0.0 };
+        let mut total = 0.0;
+        for w in &workloads {
+            for &b in &batches {
+                // The dense baseline, then each schedule at its target share
+                // of the dense work (the whole of it where there is none).
+                let share: f64 = 1.0
+                    + schedules
+                        .iter()
+                        .map(|s| s.target().unwrap_or(1.0))
+                        .sum::<f64>();
+                total += runs * share * per_measurement as f64 * secs * dense_flops(w, b)? as f64
+                    / flops0;
+            }
+        }
+        eprintln!(
+            "bench: estimated total on the CPU reference: about {} for {} forward passes (one \
+             dense {} batch {b0} pass took {}); --workload, --batch, --schedule, --warmup and \
+             --iters shorten it",
+            duration(total),
+            runs as u64 * measurements / graphs.len() as u64 * per_measurement,
+            w0.name,
+            duration(secs)
+        );
+        calibration = Some((w0.name, base));
+    }
+    let bar = progress::bar(measurements * per_measurement, "bench");
 
     let mut rows = Vec::new();
     let mut notes = Vec::new();
@@ -546,8 +624,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        eprintln!("bench: {}: generating weights (seed {})", w.name, args.seed);
-        let base = w.weights(args.seed)?;
+        bar.set_message(format!("bench {}", w.name));
+        let base = match calibration.take() {
+            Some((name, base)) if name == w.name => base,
+            _ => {
+                bar.suspend(|| {
+                    eprintln!("bench: {}: generating weights (seed {})", w.name, args.seed)
+                });
+                w.weights(args.seed)?
+            }
+        };
         let inputs: Vec<Inputs> = args
             .batch
             .iter()
@@ -581,16 +667,26 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                             if dense_pass { " (dense pass)" } else { "" }
                         );
                         let o = match &mut session {
-                            Ok(s) => {
-                                measure(s, plan, batch, dense_pass, graph, args.warmup, args.iters)
-                                    .with_context(|| what.clone())?
+                            Ok(s) => measure(
+                                s,
+                                plan,
+                                batch,
+                                dense_pass,
+                                graph,
+                                args.warmup,
+                                args.iters,
+                                &bar,
+                            )
+                            .with_context(|| what.clone())?,
+                            Err(m) => {
+                                bar.inc_by(per_measurement);
+                                Err(m.clone())
                             }
-                            Err(m) => Err(m.clone()),
                         };
-                        match &o {
+                        bar.suspend(|| match &o {
                             Ok(m) => eprintln!("bench: {what}: {:.3} ms", m.timing.median),
                             Err(m) => eprintln!("bench: {what}: unsupported: {m}"),
-                        }
+                        });
                         Ok(o)
                     };
                     if plan.schedule == Schedule::Dense {
@@ -696,6 +792,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
 
+    drop(bar);
     print_table(
         &rows,
         &device_name,
@@ -714,6 +811,57 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         eprintln!("bench: wrote {} rows to {}", rows.len(), path.display());
     }
     Ok(())
+}
+
+/// The dense pass's executed FLOPs of `w` at batch `b` (host arithmetic).
+fn dense_flops(w: &Workload, b: usize) -> anyhow::Result<u64> {
+    let cfg = without_pruners(&w.config()?);
+    Ok(budget_flops(&cfg, &w.lengths(b))?
+        .iter()
+        .map(|f| f.dense.executed)
+        .sum())
+}
+
+/// Bytes of `w`'s generated inputs at batch `b` (f32), before generating them.
+fn input_bytes(w: &Workload, b: usize) -> anyhow::Result<u64> {
+    use smarttrim::spec::EmbeddingConfig as E;
+    let cfg = w.config()?;
+    let mut n: u128 = 0;
+    for i in cfg.input_streams() {
+        let s = &cfg.streams[i];
+        n += match s.embedding {
+            E::Vit {
+                image_size,
+                channels,
+                ..
+            } => (channels * image_size * image_size) as u128,
+            _ => w.rows[i] as u128 * s.embedding.input_width(s.hidden).unwrap_or(1) as u128,
+        };
+    }
+    if let (smarttrim::spec::ModelKind::CrossEncoder { context_hidden }, Some(m)) =
+        (&cfg.kind, w.context_rows)
+    {
+        n += (m * context_hidden) as u128;
+    }
+    Ok(u64::try_from(n * b as u128 * 4).unwrap_or(u64::MAX))
+}
+
+/// Seconds as `1 h 05 min`, `3 min 20 s`, `4.2 s` or `35 ms`.
+fn duration(secs: f64) -> String {
+    let s = secs.max(0.0);
+    if s < 1.0 {
+        format!("{:.0} ms", s * 1e3)
+    } else if s < 60.0 {
+        format!("{s:.1} s")
+    } else if s < 3600.0 {
+        format!("{} min {:02} s", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else {
+        format!(
+            "{} h {:02} min",
+            (s / 3600.0) as u64,
+            ((s % 3600.0) / 60.0) as u64
+        )
+    }
 }
 
 fn opt(v: Option<f64>, prec: usize) -> String {

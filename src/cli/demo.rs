@@ -8,10 +8,12 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use smarttrim::model::SyncPolicy;
+use smarttrim::reference::synthetic::{IMAGE_ROWS, TEXT_ROWS};
 use smarttrim::reference::{forward, synthetic_inputs, ForwardOptions, Outputs};
 use smarttrim::spec::{preset, ModelConfig, Weights};
 
 use super::gpu::GpuRunner;
+use super::progress;
 
 /// Where the forward pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -57,9 +59,9 @@ pub struct DemoArgs {
     /// (.svg or .png).
     #[arg(long, value_name = "PATH")]
     pub keep_map: Option<PathBuf>,
-    /// The instance (sequence of the batch) that --keep-map draws.
-    #[arg(long, default_value_t = 0)]
-    pub instance: usize,
+    /// The instance (sequence of the batch) that --keep-map draws (default 0).
+    #[arg(long, requires = "keep_map")]
+    pub instance: Option<usize>,
     /// Draw the histogram of per-instance model FLOPs (% of dense) over the
     /// batch into this file (.svg or .png); use with --batch 64 --ragged.
     #[arg(long, value_name = "PATH")]
@@ -109,31 +111,98 @@ struct Report {
     emulated: bool,
 }
 
+/// A lower bound of the host memory the demo takes for `batch` sequences:
+/// its synthetic inputs and, on the CPU reference (`cpu`), the FFN's inner
+/// rows of a pass plus the final rows of the pruned and the dense pass,
+/// which it keeps side by side.
+fn demo_bytes(config: &ModelConfig, batch: usize, cpu: bool) -> u64 {
+    use smarttrim::spec::EmbeddingConfig as E;
+    let b = batch as u128;
+    let inputs = config.input_streams();
+    // Rows per sequence, per config stream, as `synthetic_inputs` makes them.
+    let mut rows = vec![0u128; config.streams.len()];
+    for (i, s) in config.streams.iter().enumerate() {
+        rows[i] = match s.embedding {
+            E::Vit { .. } => s.embedding.vit_rows().unwrap_or(0) as u128,
+            E::Bert { .. } => TEXT_ROWS as u128,
+            _ => match inputs.iter().position(|&x| x == i) {
+                Some(0) => TEXT_ROWS as u128,
+                Some(_) => IMAGE_ROWS as u128,
+                // A stream fed by another (METER's fusion streams, from
+                // the stream two before).
+                None => rows.get(i.wrapping_sub(2)).copied().unwrap_or(0),
+            },
+        };
+    }
+    let mut n: u128 = 0;
+    for &i in &inputs {
+        let s = &config.streams[i];
+        n += b * match s.embedding {
+            E::Vit {
+                image_size,
+                channels,
+                ..
+            } => (channels * image_size * image_size) as u128,
+            E::Bert { .. } => rows[i],
+            _ => rows[i] * s.embedding.input_width(s.hidden).unwrap_or(s.hidden) as u128,
+        };
+    }
+    if let smarttrim::spec::ModelKind::CrossEncoder { context_hidden } = config.kind {
+        n += b * IMAGE_ROWS as u128 * context_hidden as u128;
+    }
+    if cpu {
+        for (s, r) in config.streams.iter().zip(&rows) {
+            n += b * r * (3 * s.hidden + s.ffn) as u128;
+        }
+    }
+    u64::try_from(n * 4).unwrap_or(u64::MAX)
+}
+
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    // Everything that can be checked is checked before any work.
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    if args.keep_map.is_some() && args.instance >= args.batch {
+    let instance = args.instance.unwrap_or(0);
+    if instance >= args.batch {
         bail!(
-            "--instance {} is out of range for --batch {}",
-            args.instance,
+            "--instance {instance} is out of range for --batch {}",
             args.batch
         );
     }
     for p in [&args.keep_map, &args.flops_hist].into_iter().flatten() {
         smarttrim::report::Format::of(p)?;
+        smarttrim::tensor_io::check_output_path(p)?;
     }
     let (config, model_name) = match &args.config {
         Some(p) => (ModelConfig::from_file(p)?, p.display().to_string()),
         None => (preset(&args.preset)?, args.preset.clone()),
     };
+    smarttrim::limits::check_memory(
+        &format!(
+            "--batch {}{}",
+            args.batch,
+            if args.device == DeviceChoice::Cuda {
+                " (its inputs)"
+            } else {
+                " (its inputs and the CPU reference's passes)"
+            }
+        ),
+        demo_bytes(&config, args.batch, args.device != DeviceChoice::Cuda),
+    )?;
     let weights = match &args.weights {
         Some(p) => {
             Weights::load(&config, p).with_context(|| format!("loading weights {}", p.display()))?
         }
-        None => Weights::random(&config, args.seed)?,
+        None => {
+            let _p = progress::spinner("generating random weights");
+            Weights::random(&config, args.seed)?
+        }
     };
-    let inputs = synthetic_inputs(&config, args.batch, args.seed, args.ragged);
+    let inputs = {
+        let _p = progress::spinner("generating the synthetic input");
+        synthetic_inputs(&config, args.batch, args.seed, args.ragged)
+    };
     let gpu =
         match args.device {
             DeviceChoice::Cpu => Err("asked for".to_string()),
@@ -170,6 +239,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
 
     let (pruned, pruned_ms, dense, dense_ms) = match gpu {
         Ok(mut g) => {
+            let _p = progress::spinner(format!("passes on {}", g.device_name));
             // One untimed pass each first: module loading and cuBLASLt
             // heuristics are not the pass.
             let sync = SyncPolicy::ReadCounts;
@@ -180,9 +250,17 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             (pruned, pruned_ms, dense, dense_ms)
         }
         Err(_) => {
+            let p = progress::spinner(format!(
+                "pruned pass on the CPU reference (batch {})",
+                args.batch
+            ));
             let t = Instant::now();
             let pruned = forward(&weights, &inputs, &ForwardOptions { dense: false })?;
             let pruned_ms = t.elapsed().as_secs_f64() * 1e3;
+            p.set_message(format!(
+                "dense pass on the CPU reference (batch {})",
+                args.batch
+            ));
             let t = Instant::now();
             let dense = forward(&weights, &inputs, &ForwardOptions { dense: true })?;
             let dense_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -211,11 +289,13 @@ fn draw_pictures(args: &DemoArgs, config: &ModelConfig, pruned: &Outputs) -> any
     use smarttrim::report::{self, Format};
     let mut wrote = Vec::new();
     if let Some(p) = &args.keep_map {
-        report::keep_map(config, pruned, args.instance, p)
+        let _p = progress::spinner(format!("drawing {}", p.display()));
+        report::keep_map(config, pruned, args.instance.unwrap_or(0), p)
             .with_context(|| format!("drawing the keep map {}", p.display()))?;
         wrote.push(p);
     }
     if let Some(p) = &args.flops_hist {
+        let _p = progress::spinner(format!("drawing {}", p.display()));
         report::flops_hist(config, pruned, p)
             .with_context(|| format!("drawing the FLOPs histogram {}", p.display()))?;
         wrote.push(p);

@@ -18,6 +18,7 @@ mod demo;
 mod embed;
 mod gpu;
 mod info;
+pub mod progress;
 mod run;
 
 use clap::{Parser, Subcommand};

@@ -12,6 +12,7 @@ use smarttrim::tensor_io;
 
 use super::demo::DeviceChoice;
 use super::gpu::{GpuRunner, SyncChoice};
+use super::progress;
 
 /// A model config given as a file or a preset name.
 fn load_config(
@@ -48,7 +49,29 @@ pub struct InitWeightsArgs {
     pub out: PathBuf,
 }
 
+/// Seeded random weights for `config`, refused up front when they and
+/// their file image (held together while writing) cannot fit in memory.
+fn random_weights(config: &ModelConfig, seed: u64) -> anyhow::Result<Weights> {
+    smarttrim::limits::check_memory(
+        "the weights and their safetensors image",
+        Weights::min_bytes(config).saturating_mul(2),
+    )?;
+    let _p = progress::spinner("generating random weights");
+    Ok(Weights::random(config, seed)?)
+}
+
+/// Writes `bytes` to `path` atomically, with a spinner.
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let _p = progress::spinner(format!(
+        "writing {} ({})",
+        path.display(),
+        smarttrim::limits::human_bytes(bytes.len() as u64)
+    ));
+    Ok(tensor_io::write_atomic(path, bytes)?)
+}
+
 pub fn init_weights(args: &InitWeightsArgs) -> anyhow::Result<()> {
+    tensor_io::check_output_path(&args.out)?;
     if let Some(dir) = &args.model {
         let (_, derived) = hf::read_dir_config(dir)
             .with_context(|| format!("reading the model directory {}", dir.display()))?;
@@ -68,9 +91,9 @@ pub fn init_weights(args: &InitWeightsArgs) -> anyhow::Result<()> {
             }
             None => derived.with_default_pruners(),
         };
-        let w = Weights::random(&config, args.seed)?;
+        let w = random_weights(&config, args.seed)?;
         let bytes = hf::pruner_file_bytes(&w)?;
-        tensor_io::write_atomic(&args.out, &bytes)?;
+        write_file(&args.out, &bytes)?;
         let n = w
             .tensors()
             .iter()
@@ -87,8 +110,12 @@ pub fn init_weights(args: &InitWeightsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let config = load_config(&args.config, &args.preset)?;
-    let w = Weights::random(&config, args.seed)?;
-    tensor_io::write_atomic(&args.out, &w.to_safetensors_bytes()?)?;
+    let w = random_weights(&config, args.seed)?;
+    let bytes = {
+        let _p = progress::spinner("serialising the weights");
+        w.to_safetensors_bytes()?
+    };
+    write_file(&args.out, &bytes)?;
     eprintln!(
         "wrote {} ({} tensors, seed {})",
         args.out.display(),
@@ -112,8 +139,11 @@ fn load_run_weights(args: &RunArgs) -> anyhow::Result<Weights> {
             .as_ref()
             .map(ModelConfig::from_file)
             .transpose()?;
-        let loaded = hf::load_model_dir(dir, config.as_ref(), pruners)
-            .with_context(|| format!("loading the model directory {}", dir.display()))?;
+        let loaded = {
+            let _p = progress::spinner(format!("loading {}", dir.display()));
+            hf::load_model_dir(dir, config.as_ref(), pruners)
+                .with_context(|| format!("loading the model directory {}", dir.display()))?
+        };
         let what = match loaded.format {
             DirFormat::HuggingFace(f) => format!("HuggingFace {f:?} checkpoint"),
             DirFormat::Smarttrim => "smarttrim model".into(),
@@ -125,6 +155,7 @@ fn load_run_weights(args: &RunArgs) -> anyhow::Result<Weights> {
     let Some(wpath) = &args.weights else {
         bail!("give --weights W.safetensors with --config or --preset (or --model DIR)");
     };
+    let _p = progress::spinner(format!("loading {}", wpath.display()));
     hf::load_weights_files(&config, wpath, pruners)
         .with_context(|| format!("loading weights {}", wpath.display()))
 }
@@ -168,6 +199,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    tensor_io::check_output_path(&args.output)?;
     let weights = load_run_weights(args)?;
     let config = weights.config.clone();
     let inputs = tensor_io::read_inputs(&config, &args.input)
@@ -204,13 +236,19 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             };
             (out, note)
         }
-        None => (
-            forward(&weights, &inputs, &ForwardOptions { dense: args.dense })
-                .with_context(|| format!("running the model on {}", args.input.display()))?,
-            "CPU reference (f32)".to_string(),
-        ),
+        None => {
+            let _p = progress::spinner("running the model on the CPU reference");
+            (
+                forward(&weights, &inputs, &ForwardOptions { dense: args.dense })
+                    .with_context(|| format!("running the model on {}", args.input.display()))?,
+                "CPU reference (f32)".to_string(),
+            )
+        }
     };
-    tensor_io::write_outputs(&config, &out, &args.output)?;
+    {
+        let _p = progress::spinner(format!("writing {}", args.output.display()));
+        tensor_io::write_outputs(&config, &out, &args.output)?;
+    }
     let flops: (u64, u64) = out
         .flops
         .iter()

@@ -282,7 +282,8 @@ fn embed_or_check(
                     .find(|&l| l + position_offset > *max_positions)
                 {
                     errs.push(format!(
-                        "stream `{name}`: a sequence of {l} tokens exceeds max_positions {max_positions}"
+                        "stream `{name}`: a sequence of {l} tokens exceeds max_positions {max_positions} (positions start at position_offset {position_offset}: at most {} tokens fit)",
+                        max_positions.saturating_sub(*position_offset)
                     ));
                 }
             }

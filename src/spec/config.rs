@@ -87,7 +87,12 @@ impl Activation {
 }
 
 /// A token pruner placed before a layer of one stream.
+///
+/// Read from JSON as `{"rule": "threshold", "tau": 0.5}` or
+/// `{"rule": "budget", "rho": 0.5}` plus the optional fields; any other
+/// field (a `rho` on a threshold rule, a misspelt `keep_first`) is an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "TokenPrunerFields")]
 pub struct TokenPrunerConfig {
     /// The keep rule (`{"rule": "threshold", "tau": 0.5}` or `{"rule": "budget", "rho": 0.5}`).
     #[serde(flatten)]
@@ -100,8 +105,53 @@ pub struct TokenPrunerConfig {
     pub hidden: Option<usize>,
 }
 
+/// A token pruner's fields as a config file spells them (the keep rule's
+/// tag and parameters side by side, so that every unknown or misplaced
+/// field is refused: serde cannot deny unknown fields through `flatten`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenPrunerFields {
+    rule: String,
+    #[serde(default)]
+    tau: Option<f32>,
+    #[serde(default)]
+    rho: Option<f32>,
+    #[serde(default = "default_true")]
+    keep_first: bool,
+    #[serde(default)]
+    hidden: Option<usize>,
+}
+
+impl TryFrom<TokenPrunerFields> for TokenPrunerConfig {
+    type Error = String;
+
+    fn try_from(f: TokenPrunerFields) -> std::result::Result<Self, String> {
+        let rule = match (f.rule.as_str(), f.tau, f.rho) {
+            ("threshold", Some(tau), None) => KeepRule::Threshold { tau },
+            ("budget", None, Some(rho)) => KeepRule::Budget { rho },
+            ("threshold", _, Some(_)) => {
+                return Err("a `threshold` rule takes `tau`, not `rho`".into())
+            }
+            ("threshold", None, None) => return Err("a `threshold` rule needs `tau`".into()),
+            ("budget", Some(_), _) => return Err("a `budget` rule takes `rho`, not `tau`".into()),
+            ("budget", None, None) => return Err("a `budget` rule needs `rho`".into()),
+            (other, _, _) => {
+                return Err(format!(
+                    "unknown variant `{other}`, expected `threshold` or `budget`"
+                ))
+            }
+        };
+        Ok(TokenPrunerConfig {
+            rule,
+            keep_first: f.keep_first,
+            hidden: f.hidden,
+        })
+    }
+}
+
 /// A head pruner for one attention module (self or cross) of a layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HeadPrunerConfig {
     /// Head `j` is active iff `sigmoid(a_j) > tau_h` (default 0.5).
     #[serde(default = "default_tau_h")]
@@ -116,6 +166,7 @@ pub struct HeadPrunerConfig {
 
 /// Which pruners run at one layer of one stream.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LayerConfig {
     /// Token pruner on the rows entering the layer.
     #[serde(default)]
@@ -130,7 +181,7 @@ pub struct LayerConfig {
 
 /// How a stream's input rows are produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum EmbeddingConfig {
     /// No embedding: the stream takes packed rows `[total, hidden]`.
     None,
@@ -209,6 +260,7 @@ impl EmbeddingConfig {
 
 /// One stream: a stack of layers of the same width.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StreamConfig {
     /// The stream's name, the first component of its tensor names (`text`, `image`).
     pub name: String,
@@ -257,7 +309,7 @@ impl StreamConfig {
 
 /// How the streams are composed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ModelKind {
     /// One stream of `EncoderLayer`s (ViT, BERT). No other stream: pruners see none.
     Encoder,
@@ -319,6 +371,7 @@ impl HeadConfig {
 
 /// A whole model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// How the streams compose.
     pub kind: ModelKind,
@@ -357,24 +410,21 @@ pub struct Stage {
 }
 
 impl ModelConfig {
-    /// Parses and validates a JSON config.
+    /// Parses and validates a JSON config. Every object refuses fields it
+    /// does not know; an unknown field or variant is an [`Error::Config`]
+    /// naming it, the line and column, and the nearest known name.
     pub fn from_json(json: &str) -> Result<Self> {
-        let c: ModelConfig = serde_json::from_str(json).map_err(|e| Error::Json {
-            context: "model config".into(),
-            source: e,
-        })?;
+        let c = parse_config(json, "model config")?;
         c.validate()?;
         Ok(c)
     }
 
-    /// Reads, parses and validates a JSON config file.
+    /// Reads, parses and validates a JSON config file (as
+    /// [`ModelConfig::from_json`]).
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let p = path.as_ref();
         let s = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-        let c: ModelConfig = serde_json::from_str(&s).map_err(|e| Error::Json {
-            context: p.display().to_string(),
-            source: e,
-        })?;
+        let c = parse_config(&s, &p.display().to_string())?;
         c.validate()?;
         Ok(c)
     }
@@ -712,14 +762,26 @@ impl ModelConfig {
                 EmbeddingConfig::Bert {
                     vocab_size,
                     max_positions,
+                    position_offset,
                     ..
                 } => {
                     if vocab_size == 0 || max_positions == 0 {
                         errs.push(format!(
                             "stream `{n}`: vocab_size and max_positions must be positive"
                         ));
+                    } else if position_offset >= max_positions {
+                        errs.push(format!(
+                            "stream `{n}`: position_offset {position_offset} leaves no position \
+                             for a token (max_positions {max_positions}; a sequence's first \
+                             token takes position {position_offset})"
+                        ));
                     }
                 }
+            }
+            if s.layers.is_empty() {
+                errs.push(format!(
+                    "stream `{n}` has no layers (`layers` is empty; a stream needs at least one)"
+                ));
             }
             for (l, lc) in s.layers.iter().enumerate() {
                 if let Some(tp) = &lc.token_pruner {
@@ -845,6 +907,129 @@ impl ModelConfig {
         c.validate()?;
         Ok(c)
     }
+}
+
+/// Parses a config document: text that is not JSON is an [`Error::Json`];
+/// JSON that does not fit the schema (an unknown or missing field, a wrong
+/// type, a rule's stray parameter) an [`Error::Config`]. serde's message
+/// for an unknown field or variant lists the expected names; the nearest
+/// of them is added.
+fn parse_config(json: &str, context: &str) -> Result<ModelConfig> {
+    let c = serde_json::from_str(json).map_err(|e| {
+        if e.classify() != serde_json::error::Category::Data {
+            return Error::Json {
+                context: context.to_string(),
+                source: e,
+            };
+        }
+        let msg = e.to_string();
+        let hint = unknown_name(&msg)
+            .and_then(|(name, expected)| nearest(name, &expected))
+            .map(|n| format!("; did you mean `{n}`?"))
+            .unwrap_or_default();
+        Error::Config(format!("{context}: {msg}{hint}"))
+    })?;
+    let extras = unit_variant_extras(json);
+    if !extras.is_empty() {
+        return Err(Error::Config(format!("{context}: {}", extras.join("; "))));
+    }
+    Ok(c)
+}
+
+/// Fields next to the `type` of a variant that has none (`{"type":
+/// "encoder", "context_hidden": 48}`): serde reads internally tagged unit
+/// variants without looking at the rest of the object, so these are found
+/// here, in `kind`, every stream's `embedding` and `head`.
+fn unit_variant_extras(json: &str) -> Vec<String> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let mut errs = Vec::new();
+    let mut check = |obj: Option<&serde_json::Value>, path: String, units: &[&str]| {
+        let Some(map) = obj.and_then(|o| o.as_object()) else {
+            return;
+        };
+        let Some(ty) = map.get("type").and_then(|t| t.as_str()) else {
+            return;
+        };
+        if !units.contains(&ty) {
+            return;
+        }
+        for k in map.keys().filter(|k| *k != "type") {
+            errs.push(format!(
+                "unknown field `{k}` in `{path}`: a `{ty}` takes no field but `type`"
+            ));
+        }
+    };
+    check(
+        v.get("kind"),
+        "kind".into(),
+        &["encoder", "co_attention", "blip", "meter"],
+    );
+    check(v.get("head"), "head".into(), &["itm"]);
+    if let Some(streams) = v.get("streams").and_then(|s| s.as_array()) {
+        for (i, s) in streams.iter().enumerate() {
+            check(
+                s.get("embedding"),
+                format!("streams[{i}].embedding"),
+                &["none"],
+            );
+        }
+    }
+    errs
+}
+
+/// The name and the expected names of serde's "unknown field `x`, expected
+/// one of `a`, `b`" (or "unknown variant ..."), if `msg` is that.
+fn unknown_name(msg: &str) -> Option<(&str, Vec<&str>)> {
+    let rest = msg
+        .strip_prefix("unknown field `")
+        .or_else(|| msg.strip_prefix("unknown variant `"))?;
+    let (name, rest) = rest.split_once('`')?;
+    // Backquoted names alternate with the text between them.
+    let expected = rest.split('`').skip(1).step_by(2).collect();
+    Some((name, expected))
+}
+
+/// The candidate nearest to `word` by edit distance (adjacent
+/// transpositions count one), if it is near enough to be a likely typo:
+/// at most a third of the longer name's length (and at least 1) away, or
+/// `word` (3 letters or more) the start of it (`tau` for `tau_h`).
+pub(crate) fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|(d, c)| {
+            *d <= (word.chars().count().max(c.chars().count()) / 3).max(1)
+                || (word.len() >= 3 && c.starts_with(word))
+        })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Optimal string alignment distance between `a` and `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, v) in d[0].iter_mut().enumerate() {
+        *v = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// Names accepted by [`preset`].
@@ -1318,7 +1503,10 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
         },
         _ => {
             return Err(Error::Config(format!(
-                "unknown preset `{name}`; known presets: {}",
+                "unknown preset `{name}`{}; known presets: {}",
+                nearest(name, PRESETS)
+                    .map(|n| format!(" (did you mean `{n}`?)"))
+                    .unwrap_or_default(),
                 PRESETS.join(", ")
             )))
         }
@@ -1429,6 +1617,146 @@ mod tests {
             .unwrap()
             .replace("\"labels\": 10", "\"labels\": 10, \"lables\": 3");
         assert!(ModelConfig::from_json(&j).is_err());
+    }
+
+    /// `tiny-meter-full` as JSON, changed by `f`, parsed.
+    fn parse_with(f: impl FnOnce(&mut serde_json::Value)) -> Result<ModelConfig> {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&preset("tiny-meter-full").unwrap().to_json().unwrap()).unwrap();
+        f(&mut v);
+        ModelConfig::from_json(&v.to_string())
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_everywhere_with_the_nearest_name() {
+        use serde_json::json;
+        type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+        // (change to the document, what the message names, the hint).
+        let cases: Vec<(Edit, &str, Option<&str>)> = vec![
+            (Box::new(|v| v["kinds"] = json!(1)), "`kinds`", Some("kind")),
+            (
+                Box::new(|v| v["kind"]["x"] = json!(1)),
+                "`x` in `kind`",
+                None,
+            ),
+            (
+                Box::new(|v| v["head"]["lables"] = json!(3)),
+                "`lables`",
+                Some("labels"),
+            ),
+            (
+                Box::new(|v| v["streams"][2]["hiden"] = json!(64)),
+                "`hiden`",
+                Some("hidden"),
+            ),
+            (
+                Box::new(|v| v["streams"][0]["embedding"]["vocab"] = json!(64)),
+                "`vocab`",
+                Some("vocab_size"),
+            ),
+            (
+                Box::new(|v| v["streams"][2]["embedding"]["type_vectr"] = json!(true)),
+                "`type_vectr`",
+                Some("type_vector"),
+            ),
+            (
+                Box::new(|v| v["streams"][2]["layers"][0]["self_head_prunner"] = json!({})),
+                "`self_head_prunner`",
+                Some("self_head_pruner"),
+            ),
+            (
+                Box::new(|v| v["streams"][2]["layers"][1]["self_head_pruner"]["tau"] = json!(0.5)),
+                "`tau`",
+                Some("tau_h"),
+            ),
+            (
+                Box::new(|v| {
+                    v["streams"][2]["layers"][1]["token_pruner"]["keep_frist"] = json!(true)
+                }),
+                "`keep_frist`",
+                Some("keep_first"),
+            ),
+            (
+                Box::new(|v| v["streams"][3]["layers"][1]["token_pruner"]["rho"] = json!(0.4)),
+                "takes `tau`, not `rho`",
+                None,
+            ),
+            (
+                Box::new(|v| {
+                    v["streams"][3]["layers"][1]["token_pruner"] =
+                        json!({"rule": "budget", "rho": 0.5, "tau": 0.5})
+                }),
+                "takes `rho`, not `tau`",
+                None,
+            ),
+            (
+                Box::new(|v| {
+                    v["streams"][3]["layers"][1]["token_pruner"] = json!({"rule": "budget"})
+                }),
+                "needs `rho`",
+                None,
+            ),
+            (
+                Box::new(|v| v["streams"][2]["activation"] = json!("quick_gleu")),
+                "unknown variant `quick_gleu`",
+                Some("quick_gelu"),
+            ),
+        ];
+        for (f, needle, hint) in cases {
+            let e = parse_with(f).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+            match hint {
+                Some(h) => assert!(e.contains(&format!("did you mean `{h}`?")), "{e}"),
+                None => assert!(!e.contains("did you mean"), "{e}"),
+            }
+        }
+        // A unit variant's extra field, in a head.
+        let mut v: serde_json::Value =
+            serde_json::from_str(&preset("tiny-blip-full").unwrap().to_json().unwrap()).unwrap();
+        v["head"]["labels"] = json!(2);
+        let e = ModelConfig::from_json(&v.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `labels` in `head`"), "{e}");
+        // And the good document still parses.
+        assert_eq!(
+            parse_with(|_| {}).unwrap(),
+            preset("tiny-meter-full").unwrap()
+        );
+    }
+
+    #[test]
+    fn nearest_names() {
+        assert_eq!(
+            nearest("min_head", &["tau_h", "min_heads", "hidden"]),
+            Some("min_heads")
+        );
+        assert_eq!(
+            nearest("keep_frist", &["keep_first", "rule"]),
+            Some("keep_first")
+        );
+        assert_eq!(nearest("zzz", &["kind", "streams", "head"]), None);
+        assert_eq!(edit_distance("ab", "ba"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+
+    #[test]
+    fn layerless_streams_and_offsets_past_the_positions_are_refused() {
+        let mut c = preset("tiny-bert").unwrap();
+        c.streams[0].layers.clear();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("has no layers"), "{e}");
+        let mut c = preset("tiny-bert").unwrap();
+        if let EmbeddingConfig::Bert {
+            position_offset,
+            max_positions,
+            ..
+        } = &mut c.streams[0].embedding
+        {
+            *position_offset = *max_positions;
+        }
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("position_offset 64 leaves no position"), "{e}");
     }
 
     #[test]

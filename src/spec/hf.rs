@@ -865,6 +865,7 @@ pub struct LoadedModel {
 /// The config a pruner file carries in its metadata (written by
 /// `smarttrim init-weights`), if any.
 pub fn pruner_file_config(bytes: &[u8], context: &str) -> Result<Option<ModelConfig>> {
+    super::weights::check_unique_names(bytes, context)?;
     let (_, meta) =
         safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::Safetensors {
             context: context.to_string(),
@@ -1089,6 +1090,7 @@ fn merge_pruners(
 
 /// Names of the tensors of a safetensors file (header only).
 fn tensor_names(bytes: &[u8], context: &str) -> Result<Vec<String>> {
+    super::weights::check_unique_names(bytes, context)?;
     let (_, meta) =
         safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::Safetensors {
             context: context.to_string(),

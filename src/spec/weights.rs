@@ -442,9 +442,61 @@ fn visit_head_pruner(p: &str, h: &mut HeadPrunerWeights, f: &mut Visitor) {
 }
 
 impl Weights {
+    /// A lower bound of the bytes the f32 weights of `config` take (its
+    /// matrices and embedding tables; vectors and pruners left out),
+    /// computed without allocating. Saturates at `u64::MAX`.
+    pub fn min_bytes(config: &ModelConfig) -> u64 {
+        let mut n: u128 = 0;
+        for (si, s) in config.streams.iter().enumerate() {
+            let (d, f) = (s.hidden as u128, s.ffn as u128);
+            let d_other = config.other_hidden(si).unwrap_or(0) as u128;
+            n += match s.embedding {
+                EmbeddingConfig::None => 0,
+                EmbeddingConfig::Vit {
+                    patch_size,
+                    channels,
+                    ..
+                } => {
+                    let rows = s.embedding.vit_rows().unwrap_or(0) as u128;
+                    d * (channels as u128) * (patch_size as u128).pow(2) + rows * d
+                }
+                EmbeddingConfig::Bert {
+                    vocab_size,
+                    max_positions,
+                    type_vocab_size,
+                    ..
+                } => (vocab_size as u128 + max_positions as u128 + type_vocab_size as u128) * d,
+                EmbeddingConfig::Transform { input_hidden, .. } => d * input_hidden as u128,
+            };
+            let layer = 4 * d * d
+                + 2 * d * f
+                + if config.stream_is_cross(si) {
+                    2 * d * d + 2 * d * d_other
+                } else {
+                    0
+                };
+            n += layer * s.layers.len() as u128;
+            if s.pooler {
+                n += d * d;
+            }
+        }
+        let fw = config.feature_width() as u128;
+        n += match config.head {
+            None => 0,
+            Some(HeadConfig::Itm) => 2 * fw,
+            Some(HeadConfig::Vqa { labels, .. }) => fw * fw + labels as u128 * fw,
+        };
+        u64::try_from(n.saturating_mul(4)).unwrap_or(u64::MAX)
+    }
+
     /// Weights of the right shapes for `config`: zeros, LayerNorm gammas 1.
+    ///
+    /// Refused with [`Error::TooLarge`] before allocating when
+    /// [`Weights::min_bytes`] exceeds the memory available
+    /// ([`crate::limits::check_memory`]).
     pub fn zeros(config: &ModelConfig) -> Result<Self> {
         config.validate()?;
+        crate::limits::check_memory("the model's weights (f32)", Weights::min_bytes(config))?;
         let streams = config
             .streams
             .iter()
@@ -1185,7 +1237,74 @@ impl RawTensor {
     }
 }
 
+/// Refuses a safetensors header that names a tensor (or `__metadata__`)
+/// more than once: the parser keeps the last entry and drops the others
+/// without a word. A header that is not a JSON object is left to the
+/// parser to report.
+pub(crate) fn check_unique_names(bytes: &[u8], context: &str) -> Result<()> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct Names(Vec<String>);
+    impl<'de> Visitor<'de> for Names {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(mut self, mut m: A) -> Result<Vec<String>, A::Error> {
+            while let Some(k) = m.next_key::<String>()? {
+                m.next_value::<IgnoredAny>()?;
+                self.0.push(k);
+            }
+            Ok(self.0)
+        }
+    }
+
+    let Some(len) = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+    else {
+        return Ok(());
+    };
+    let Some(header) = usize::try_from(len)
+        .ok()
+        .and_then(|n| bytes.get(8..8usize.checked_add(n)?))
+    else {
+        return Ok(());
+    };
+    let mut de = serde_json::Deserializer::from_slice(header);
+    let Ok(mut names) = de.deserialize_map(Names(Vec::new())) else {
+        return Ok(());
+    };
+    names.sort_unstable();
+    let mut dups: Vec<&str> = names
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0].as_str())
+        .collect();
+    dups.dedup();
+    if dups.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Safetensors {
+        context: context.to_string(),
+        message: format!(
+            "the header names {} more than once ({}); each name may appear once",
+            if dups.len() == 1 {
+                "a tensor"
+            } else {
+                "tensors"
+            },
+            dups.iter()
+                .map(|d| format!("`{d}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
 pub(crate) fn read_safetensors(bytes: &[u8], context: &str) -> Result<BTreeMap<String, RawTensor>> {
+    check_unique_names(bytes, context)?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
         context: context.to_string(),
         message: e.to_string(),
@@ -1269,4 +1388,63 @@ pub fn tensor_map(w: &Weights) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
         .into_iter()
         .map(|(n, s, d)| (n, (s, d)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{preset, PRESETS};
+
+    #[test]
+    fn min_bytes_is_a_close_lower_bound() {
+        for name in PRESETS {
+            let c = preset(name).unwrap();
+            for c in [c.clone(), c.with_default_pruners()] {
+                let exact: usize = Weights::tensor_specs(&c)
+                    .unwrap()
+                    .iter()
+                    .map(|(_, s)| s.iter().product::<usize>())
+                    .sum();
+                let exact = 4 * exact as u64;
+                let low = Weights::min_bytes(&c);
+                assert!(low <= exact, "{name}: {low} > {exact}");
+                // Vectors and pruners left out: a large share only in the tiny presets.
+                assert!(
+                    low as f64 >= 0.75 * exact as f64,
+                    "{name}: {low} << {exact}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn weights_past_the_memory_limit_are_refused_before_allocating() {
+        let mut c = preset("tiny-bert").unwrap();
+        c.streams[0].hidden = 1 << 20;
+        c.streams[0].ffn = 1 << 20;
+        c.streams[0].heads = 1;
+        // 3 layers of 6 (2^20)^2 f32 matrices: 72 TiB.
+        assert!(Weights::min_bytes(&c) >= 72 << 40);
+        let e = Weights::random(&c, 0).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("TiB"), "{e}");
+    }
+
+    #[test]
+    fn repeated_names_in_a_header_are_refused() {
+        let header = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let mut h = header.to_vec();
+        while h.len() % 8 != 0 {
+            h.push(b' ');
+        }
+        let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&h);
+        bytes.extend_from_slice(&1.0f32.to_le_bytes());
+        // The format's own parser takes it, keeping one `a`.
+        assert_eq!(SafeTensors::deserialize(&bytes).unwrap().len(), 1);
+        let e = read_safetensors(&bytes, "f").unwrap_err().to_string();
+        assert!(e.contains("names a tensor more than once (`a`)"), "{e}");
+        // Not a safetensors file: left to the parser.
+        assert!(check_unique_names(b"short", "f").is_ok());
+    }
 }
