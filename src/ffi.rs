@@ -58,7 +58,7 @@ use crate::model::{
     check_supported, Capacity, DevicePacked, DeviceStreamOutput, GpuForwardOptions, GpuModel,
     SyncPolicy, Workspace, WorkspaceLayout,
 };
-use crate::reference::model::{Inputs, StreamInput};
+use crate::pass::{Inputs, StreamInput};
 use crate::spec::{EmbeddingConfig, ModelConfig, ModelKind, Weights};
 use crate::Error;
 
@@ -1066,7 +1066,7 @@ fn merge(a: &Capacity, b: &Capacity) -> Capacity {
     }
 }
 
-fn collect_stats(per_layer: &[Vec<crate::reference::model::LayerStats>], batch: usize) -> Stats {
+fn collect_stats(per_layer: &[Vec<crate::pass::LayerStats>], batch: usize) -> Stats {
     let layers = per_layer.len();
     let streams = per_layer.first().map_or(0, Vec::len);
     let mut s = Stats {

@@ -41,8 +41,7 @@ use crate::ops::{
     bias_act, copy_cols, layer_norm_ext, Act, BlasWorkspace, ColsShape, CopyColsShape,
     LayerNormExtras, LayerNormShape,
 };
-use crate::reference::model::{Inputs, StreamInput};
-use crate::reference::Packed;
+use crate::pass::{Inputs, Packed, StreamInput};
 use crate::spec::flops::head_flops;
 use crate::spec::schedule::{stream_flops_from_stats, Lengths};
 use crate::spec::{SequenceFlops, StageInput};
@@ -390,7 +389,7 @@ impl GpuModel {
                 .collect(),
             context: None,
         };
-        let stats = crate::reference::model::layer_stats(&streams);
+        let stats = crate::pass::layer_stats(&streams);
         let per_stream = stream_flops_from_stats(cfg, &lengths, &stats, opts.dense)?;
         let mut flops = vec![SequenceFlops::default(); batch];
         for (so, (per_layer, seq)) in streams.iter_mut().zip(per_stream) {

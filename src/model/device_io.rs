@@ -20,7 +20,7 @@ use super::weights::GpuModel;
 use super::workspace::{Workspace, WorkspaceLayout};
 use super::GpuForwardOptions;
 use crate::ops::seq_positions;
-use crate::reference::model::LayerStats;
+use crate::pass::LayerStats;
 use crate::spec::ModelKind;
 use crate::{Error, Result};
 

@@ -21,8 +21,7 @@ use crate::ops::{
     PoolShape, PrunerInput, TokenPrunerDev, TokenScoreOutputs, TokenScoreWorkspace,
     VitAssembleInputs, VitEmbedOutputs, VitEmbedShape,
 };
-use crate::reference::model::{Inputs, StreamInput};
-use crate::reference::{HeadRecord, LayerRecord, Packed, StreamOutput};
+use crate::pass::{HeadRecord, Inputs, LayerRecord, Packed, StreamInput, StreamOutput};
 use crate::spec::flops::{stream_flops, LayerRun};
 use crate::spec::{
     Activation, HeadPrunerConfig, KeepRule, LayerConfig, ModelConfig, ModelKind, SequenceFlops,

@@ -3,8 +3,7 @@
 //! device work.
 
 use super::workspace::Capacity;
-use crate::reference::model::{check_inputs, embed_inputs, Inputs};
-use crate::reference::Packed;
+use crate::pass::{check_inputs, embed_inputs, Inputs, Packed};
 use crate::spec::{EmbeddingWeights, ModelConfig};
 use crate::{Error, Result};
 
