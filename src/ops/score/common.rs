@@ -3,11 +3,13 @@
 //! ([`LnDev`]), the shared size checks, and the first step of both pruners
 //! (LayerNorm of the rows and their per-sequence mean).
 
-use cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop,
+};
 use half::f16;
 
 use super::super::elementwise::{launch_mean_pool, PoolShape};
-use super::super::{check_len, rows_i32};
+use super::super::{check_aligned, check_len, rows_i32};
 use crate::device::Device;
 use crate::{Error, Result};
 
@@ -43,6 +45,13 @@ pub struct LnDev<'a> {
     pub beta: &'a dyn DevicePtr<f16>,
 }
 
+impl LnDev<'_> {
+    /// The lengths of `gamma` and `beta`, as the validations take them.
+    pub(super) fn lens(&self) -> (usize, usize) {
+        (self.gamma.len(), self.beta.len())
+    }
+}
+
 pub(super) fn exact(op: &'static str, name: &str, have: usize, want: usize) -> Result<()> {
     if have != want {
         Err(Error::invalid(
@@ -74,6 +83,50 @@ pub(super) fn check_batch_d(op: &'static str, batch: usize, d: usize, eps: f32) 
         ));
     }
     Ok(())
+}
+
+/// `tau` must be finite (both pruners' thresholds).
+pub(super) fn check_tau(op: &'static str, tau: f32) -> Result<()> {
+    if !tau.is_finite() {
+        return Err(Error::invalid(op, format!("tau = {tau}: must be finite")));
+    }
+    Ok(())
+}
+
+/// The scored rows' shared checks: their count, `x` (`[total_rows, d]`),
+/// `cu_seqlens` (`batch + 1`), and the pruner's own LayerNorm (`[d]` gamma
+/// and beta, named `ln_name`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn check_rows(
+    op: &'static str,
+    batch: usize,
+    total_rows: usize,
+    d: usize,
+    x: usize,
+    cu_seqlens: usize,
+    ln_name: &str,
+    (gamma, beta): (usize, usize),
+) -> Result<()> {
+    rows_i32(op, total_rows, d)?;
+    check_len(op, "x", x, total_rows * d)?;
+    exact(op, "cu_seqlens", cu_seqlens, batch + 1)?;
+    exact(op, &format!("{ln_name}.gamma"), gamma, d)?;
+    exact(op, &format!("{ln_name}.beta"), beta, d)
+}
+
+/// The scored rows' LayerNorm and mean scratch: `u` `[total_rows, d]` and
+/// the per-sequence mean (named `g_name`) `[batch, d]`.
+pub(super) fn check_scratch(
+    op: &'static str,
+    batch: usize,
+    total_rows: usize,
+    d: usize,
+    u: usize,
+    g_name: &str,
+    g: usize,
+) -> Result<()> {
+    check_len(op, "workspace u", u, total_rows * d)?;
+    check_len(op, &format!("workspace {g_name}"), g, batch * d)
 }
 
 /// The other stream's shared checks: its width, rows, cu_seqlens, LN_c.
@@ -187,6 +240,106 @@ fn launch_layernorm(
     }
     .map_err(|e| Error::driver("launching layernorm_f16", e))?;
     dev.check_launch("layernorm_f16")
+}
+
+/// One stream's part of both pruners' first step ([`ln_mean_step`]): the
+/// scored rows, or the other stream's, with the LayerNorm applied to them
+/// and the scratch it writes.
+pub(super) struct LnMeanStep<'s> {
+    /// Sequences.
+    pub(super) batch: usize,
+    /// Host bound on the rows.
+    pub(super) total_rows: usize,
+    /// Row width.
+    pub(super) d: usize,
+    /// LayerNorm epsilon.
+    pub(super) eps: f32,
+    /// `[total_rows, d]` f16.
+    pub(super) rows: &'s dyn DevicePtr<f16>,
+    /// `[batch + 1]` i32.
+    pub(super) cu_seqlens: &'s dyn DevicePtr<i32>,
+    /// The LayerNorm (`LN_p`, `LN_c`, `LN_h` or `LN_hc`).
+    pub(super) ln: &'s LnDev<'s>,
+    /// `[total_rows, d]` f16: the normalised rows.
+    pub(super) u: &'s mut dyn DevicePtrMut<f16>,
+    /// `[batch, d]` f32: their per-sequence mean.
+    pub(super) g: &'s mut dyn DevicePtrMut<f32>,
+    /// Names of `rows`, `ln`'s gamma and beta, `u` and `g`, for alignment
+    /// errors.
+    pub(super) names: [&'static str; 5],
+    /// More pointers whose alignment is checked with these: `between` after
+    /// `ln` (the scored rows' pruner weights), `after` last (the token
+    /// pruner's `W1c`).
+    pub(super) between: [Option<(&'static str, u64)>; 2],
+    /// See `between`.
+    pub(super) after: Option<(&'static str, u64)>,
+    /// Launch nothing when there are no rows.
+    pub(super) skip_empty: bool,
+}
+
+/// The pointers [`ln_mean_step`] used, and the guards that keep them valid
+/// until the pruner's later launches are enqueued.
+pub(super) struct LnMeanPtrs<'s> {
+    /// `cu_seqlens`.
+    pub(super) cu: u64,
+    /// The normalised rows.
+    pub(super) u: u64,
+    /// Their per-sequence mean.
+    pub(super) g: u64,
+    /// Whether the LayerNorm and mean were launched (not skipped as empty).
+    pub(super) launched: bool,
+    _guards: Vec<SyncOnDrop<'s>>,
+}
+
+/// Both pruners' first step on one stream: after checking the 16-byte
+/// alignment of its rows, `ln`, `between`, `u`, `g` and `after` (in that
+/// order), the LayerNorm of its rows into `u` and their per-sequence mean
+/// into `g` ([`ln_and_mean`]; with `skip_empty`, nothing when there are no
+/// rows).
+pub(super) fn ln_mean_step<'s>(
+    dev: &'s Device,
+    op: &'static str,
+    step: LnMeanStep<'s>,
+) -> Result<LnMeanPtrs<'s>> {
+    let stream = dev.stream();
+    let (x_ptr, gx) = step.rows.device_ptr(stream);
+    let (cu_ptr, gcu) = step.cu_seqlens.device_ptr(stream);
+    let (lg_ptr, glg) = step.ln.gamma.device_ptr(stream);
+    let (lb_ptr, glb) = step.ln.beta.device_ptr(stream);
+    let (u_ptr, gu) = step.u.device_ptr_mut(stream);
+    let (g_ptr, gg) = step.g.device_ptr_mut(stream);
+    let ptrs = LnMeanPtrs {
+        cu: cu_ptr,
+        u: u_ptr,
+        g: g_ptr,
+        launched: !(step.skip_empty && step.total_rows == 0),
+        _guards: vec![gx, gcu, glg, glb, gu, gg],
+    };
+    let [x_name, gamma, beta, u_name, g_name] = step.names;
+    let checked = [(x_name, x_ptr), (gamma, lg_ptr), (beta, lb_ptr)]
+        .into_iter()
+        .chain(step.between.into_iter().flatten())
+        .chain([(u_name, u_ptr), (g_name, g_ptr)])
+        .chain(step.after);
+    for (name, p) in checked {
+        check_aligned(op, name, p, 16)?;
+    }
+    if ptrs.launched {
+        ln_and_mean(
+            dev,
+            step.batch,
+            step.total_rows,
+            step.d,
+            step.eps,
+            x_ptr,
+            cu_ptr,
+            lg_ptr,
+            lb_ptr,
+            u_ptr,
+            g_ptr,
+        )?;
+    }
+    Ok(ptrs)
 }
 
 /// LN + mean of the own stream (and of the other stream when given) into the

@@ -4,8 +4,11 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use half::f16;
 
-use super::super::{check_aligned, check_len, opt_ptr_mut, rows_i32};
-use super::common::{check_batch_d, check_other, exact, ln_and_mean, LnDev, PrunerInput};
+use super::super::{check_len, opt_ptr_mut};
+use super::common::{
+    check_batch_d, check_other, check_rows, check_scratch, check_tau, exact, ln_mean_step, LnDev,
+    LnMeanStep, PrunerInput,
+};
 use crate::device::Device;
 use crate::{Error, Result};
 
@@ -159,9 +162,7 @@ pub fn validate_head_scores(dims: &HeadScoreDims, lens: &HeadScoreLens) -> Resul
         tau,
     } = *dims;
     check_batch_d(op, batch, d, eps)?;
-    if !tau.is_finite() {
-        return Err(Error::invalid(op, format!("tau = {tau}: must be finite")));
-    }
+    check_tau(op, tau)?;
     let dc = d_other.unwrap_or(0);
     if dc % 8 != 0 {
         return Err(Error::invalid(
@@ -189,11 +190,16 @@ pub fn validate_head_scores(dims: &HeadScoreDims, lens: &HeadScoreLens) -> Resul
             message: format!("heads = {heads}: must be in 1..={HEAD_MAX_HEADS}"),
         });
     }
-    rows_i32(op, total_rows, d)?;
-    check_len(op, "x", lens.x, total_rows * d)?;
-    exact(op, "cu_seqlens", lens.cu_seqlens, batch + 1)?;
-    exact(op, "ln_h.gamma", lens.ln_h.0, d)?;
-    exact(op, "ln_h.beta", lens.ln_h.1, d)?;
+    check_rows(
+        op,
+        batch,
+        total_rows,
+        d,
+        lens.x,
+        lens.cu_seqlens,
+        "ln_h",
+        lens.ln_h,
+    )?;
     exact(op, "w1", lens.w1, hh * (d + dc))?;
     exact(op, "b1", lens.b1, hh)?;
     exact(op, "w2", lens.w2, heads * hh)?;
@@ -209,8 +215,7 @@ pub fn validate_head_scores(dims: &HeadScoreDims, lens: &HeadScoreLens) -> Resul
         lens.uy,
         lens.g_y,
     )?;
-    check_len(op, "workspace u", lens.u, total_rows * d)?;
-    check_len(op, "workspace g_x", lens.g_x, batch * d)?;
+    check_scratch(op, batch, total_rows, d, lens.u, "g_x", lens.g_x)?;
     check_len(op, "logits", lens.logits, batch * heads)?;
     check_len(op, "mask", lens.mask, batch * heads)?;
     check_len(op, "pairs", lens.pairs, 2 * batch * heads)?;
@@ -261,8 +266,8 @@ pub fn head_scores(
         cu_seqlens: input.cu_seqlens.len(),
         y: input.other.as_ref().map(|o| o.rows.len()),
         y_cu_seqlens: input.other.as_ref().map(|o| o.cu_seqlens.len()),
-        ln_h: (w.ln_h.gamma.len(), w.ln_h.beta.len()),
-        ln_hc: w.ln_hc.as_ref().map(|l| (l.gamma.len(), l.beta.len())),
+        ln_h: w.ln_h.lens(),
+        ln_hc: w.ln_hc.as_ref().map(LnDev::lens),
         w1: w.w1.len(),
         b1: w.b1.len(),
         w2: w.w2.len(),
@@ -284,85 +289,72 @@ pub fn head_scores(
     let stream = dev.stream();
     let (d, batch) = (w.d, input.batch);
 
-    let (x_ptr, _gx) = input.x.device_ptr(stream);
-    let (cu_ptr, _gcu) = input.cu_seqlens.device_ptr(stream);
-    let (lg_ptr, _glg) = w.ln_h.gamma.device_ptr(stream);
-    let (lb_ptr, _glb) = w.ln_h.beta.device_ptr(stream);
     let (w1_ptr, _gw1) = w.w1.device_ptr(stream);
     let (b1_ptr, _gb1) = w.b1.device_ptr(stream);
     let (w2_ptr, _gw2) = w.w2.device_ptr(stream);
     let (b2_ptr, _gb2) = w.b2.device_ptr(stream);
-    let (u_ptr, _gu) = ws.u.device_ptr_mut(stream);
-    let (gx_ptr, _ggx) = ws.g_x.device_ptr_mut(stream);
     let (lo_ptr, _glo) = out.logits.device_ptr_mut(stream);
     let (m_ptr, _gm) = out.mask.device_ptr_mut(stream);
     let (p_ptr, _gp) = out.pairs.device_ptr_mut(stream);
     let (pc_ptr, _gpc) = out.pair_count.device_ptr_mut(stream);
     let (hc_ptr, _ghc) = opt_ptr_mut(out.head_counts, stream);
-    for (name, p) in [
-        ("x", x_ptr),
-        ("ln_h.gamma", lg_ptr),
-        ("ln_h.beta", lb_ptr),
-        ("w1", w1_ptr),
-        ("w2", w2_ptr),
-        ("workspace u", u_ptr),
-        ("workspace g_x", gx_ptr),
-    ] {
-        check_aligned(OP_HEAD, name, p, 16)?;
-    }
-    if input.total_rows > 0 {
-        ln_and_mean(
-            dev,
+    let own = ln_mean_step(
+        dev,
+        OP_HEAD,
+        LnMeanStep {
             batch,
-            input.total_rows,
+            total_rows: input.total_rows,
             d,
-            w.eps,
-            x_ptr,
-            cu_ptr,
-            lg_ptr,
-            lb_ptr,
-            u_ptr,
-            gx_ptr,
-        )?;
-    }
+            eps: w.eps,
+            rows: input.x,
+            cu_seqlens: input.cu_seqlens,
+            ln: &w.ln_h,
+            u: ws.u,
+            g: ws.g_x,
+            names: [
+                "x",
+                "ln_h.gamma",
+                "ln_h.beta",
+                "workspace u",
+                "workspace g_x",
+            ],
+            between: [Some(("w1", w1_ptr)), Some(("w2", w2_ptr))],
+            after: None,
+            skip_empty: true,
+        },
+    )?;
+    let gx_ptr = own.g;
     let mut gy_ptr = 0u64;
-    let _guards;
+    let _other;
     if let (Some(o), Some(ln), Some(uy), Some(g_y)) = (&input.other, &w.ln_hc, ws.uy, ws.g_y) {
-        let dc = w.d_other.unwrap_or(0);
-        let (y_ptr, gy) = o.rows.device_ptr(stream);
-        let (ycu_ptr, gycu) = o.cu_seqlens.device_ptr(stream);
-        let (cg_ptr, gcg) = ln.gamma.device_ptr(stream);
-        let (cb_ptr, gcb) = ln.beta.device_ptr(stream);
-        let (uy_ptr, guy) = uy.device_ptr_mut(stream);
-        let (g_ptr, gg) = g_y.device_ptr_mut(stream);
-        for (name, p) in [
-            ("other.rows", y_ptr),
-            ("ln_hc.gamma", cg_ptr),
-            ("ln_hc.beta", cb_ptr),
-            ("workspace uy", uy_ptr),
-            ("workspace g_y", g_ptr),
-        ] {
-            check_aligned(OP_HEAD, name, p, 16)?;
+        let step = LnMeanStep {
+            batch,
+            total_rows: o.total_rows,
+            d: w.d_other.unwrap_or(0),
+            eps: w.eps,
+            rows: o.rows,
+            cu_seqlens: o.cu_seqlens,
+            ln,
+            u: uy,
+            g: g_y,
+            names: [
+                "other.rows",
+                "ln_hc.gamma",
+                "ln_hc.beta",
+                "workspace uy",
+                "workspace g_y",
+            ],
+            between: [None, None],
+            after: None,
+            skip_empty: true,
+        };
+        let ptrs = ln_mean_step(dev, OP_HEAD, step)?;
+        if ptrs.launched {
+            gy_ptr = ptrs.g;
         }
-        if o.total_rows > 0 {
-            ln_and_mean(
-                dev,
-                batch,
-                o.total_rows,
-                dc,
-                w.eps,
-                y_ptr,
-                ycu_ptr,
-                cg_ptr,
-                cb_ptr,
-                uy_ptr,
-                g_ptr,
-            )?;
-            gy_ptr = g_ptr;
-        }
-        _guards = Some((gy, gycu, gcg, gcb, guy, gg));
+        _other = Some(ptrs);
     } else {
-        _guards = None;
+        _other = None;
     }
 
     let params = HeadShapeC {

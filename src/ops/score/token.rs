@@ -5,7 +5,10 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKern
 use half::f16;
 
 use super::super::{check_aligned, check_len, opt_ptr_mut, rows_i32};
-use super::common::{check_batch_d, check_other, exact, ln_and_mean, LnDev, PrunerInput};
+use super::common::{
+    check_batch_d, check_other, check_rows, check_scratch, check_tau, exact, ln_mean_step, LnDev,
+    LnMeanStep, PrunerInput,
+};
 use crate::device::Device;
 use crate::{Error, Result};
 
@@ -165,14 +168,17 @@ pub fn validate_token_scores(dims: &TokenScoreDims, lens: &TokenScoreLens) -> Re
             ),
         });
     }
-    if !tau.is_finite() {
-        return Err(Error::invalid(op, format!("tau = {tau}: must be finite")));
-    }
-    rows_i32(op, total_rows, d)?;
-    check_len(op, "x", lens.x, total_rows * d)?;
-    exact(op, "cu_seqlens", lens.cu_seqlens, batch + 1)?;
-    exact(op, "ln_p.gamma", lens.ln_p.0, d)?;
-    exact(op, "ln_p.beta", lens.ln_p.1, d)?;
+    check_tau(op, tau)?;
+    check_rows(
+        op,
+        batch,
+        total_rows,
+        d,
+        lens.x,
+        lens.cu_seqlens,
+        "ln_p",
+        lens.ln_p,
+    )?;
     exact(op, "w1x", lens.w1x, hs * d)?;
     exact(op, "w1s", lens.w1s, hs * d)?;
     exact(op, "b1", lens.b1, hs)?;
@@ -194,8 +200,7 @@ pub fn validate_token_scores(dims: &TokenScoreDims, lens: &TokenScoreLens) -> Re
         lens.uy,
         lens.g_cross,
     )?;
-    check_len(op, "workspace u", lens.u, total_rows * d)?;
-    check_len(op, "workspace g_self", lens.g_self, batch * d)?;
+    check_scratch(op, batch, total_rows, d, lens.u, "g_self", lens.g_self)?;
     check_len(op, "workspace context", lens.context, batch * hs)?;
     if let Some(p) = lens.partial {
         check_len(op, "workspace partial", p, (hs / SCORE_TILE) * total_rows)?;
@@ -257,8 +262,8 @@ pub fn token_scores(
         cu_seqlens: input.cu_seqlens.len(),
         y: input.other.as_ref().map(|o| o.rows.len()),
         y_cu_seqlens: input.other.as_ref().map(|o| o.cu_seqlens.len()),
-        ln_p: (w.ln_p.gamma.len(), w.ln_p.beta.len()),
-        ln_c: w.ln_c.as_ref().map(|l| (l.gamma.len(), l.beta.len())),
+        ln_p: w.ln_p.lens(),
+        ln_c: w.ln_c.as_ref().map(LnDev::lens),
         w1x: w.w1x.len(),
         w1s: w.w1s.len(),
         w1c: w.w1c.map(|x| x.len()),
@@ -295,45 +300,40 @@ pub fn token_scores(
     let stream = dev.stream();
     let (d, hs, batch) = (w.d, w.hs, input.batch);
 
-    let (x_ptr, _gx) = input.x.device_ptr(stream);
-    let (cu_ptr, _gcu) = input.cu_seqlens.device_ptr(stream);
-    let (lg_ptr, _glg) = w.ln_p.gamma.device_ptr(stream);
-    let (lb_ptr, _glb) = w.ln_p.beta.device_ptr(stream);
     let (w1x_ptr, _gw1x) = w.w1x.device_ptr(stream);
     let (w1s_ptr, _gw1s) = w.w1s.device_ptr(stream);
     let (b1_ptr, _gb1) = w.b1.device_ptr(stream);
     let (w2_ptr, _gw2) = w.w2.device_ptr(stream);
-    let (u_ptr, _gu) = ws.u.device_ptr_mut(stream);
-    let (gs_ptr, _ggs) = ws.g_self.device_ptr_mut(stream);
     let (c_ptr, _gc) = ws.context.device_ptr_mut(stream);
     let (s_ptr, _gs) = out.scores.device_ptr_mut(stream);
     let (f_ptr, _gf) = opt_ptr_mut(out.flags, stream);
     let (p_ptr, _gp) = opt_ptr_mut(ws.partial, stream);
-    for (name, p) in [
-        ("x", x_ptr),
-        ("ln_p.gamma", lg_ptr),
-        ("ln_p.beta", lb_ptr),
-        ("w1x", w1x_ptr),
-        ("w1s", w1s_ptr),
-        ("workspace u", u_ptr),
-        ("workspace g_self", gs_ptr),
-    ] {
-        check_aligned(OP_TOKEN, name, p, 16)?;
-    }
-
-    ln_and_mean(
+    let own = ln_mean_step(
         dev,
-        batch,
-        input.total_rows,
-        d,
-        w.eps,
-        x_ptr,
-        cu_ptr,
-        lg_ptr,
-        lb_ptr,
-        u_ptr,
-        gs_ptr,
+        OP_TOKEN,
+        LnMeanStep {
+            batch,
+            total_rows: input.total_rows,
+            d,
+            eps: w.eps,
+            rows: input.x,
+            cu_seqlens: input.cu_seqlens,
+            ln: &w.ln_p,
+            u: ws.u,
+            g: ws.g_self,
+            names: [
+                "x",
+                "ln_p.gamma",
+                "ln_p.beta",
+                "workspace u",
+                "workspace g_self",
+            ],
+            between: [Some(("w1x", w1x_ptr)), Some(("w1s", w1s_ptr))],
+            after: None,
+            skip_empty: false,
+        },
     )?;
+    let (cu_ptr, u_ptr, gs_ptr) = (own.cu, own.u, own.g);
 
     // The cross part: only with an other stream (validated to come with
     // LN_c, W1c and the workspace); otherwise g_cross is the zero vector and
@@ -341,48 +341,39 @@ pub fn token_scores(
     let mut gc_ptr = 0u64;
     let mut w1c_ptr = 0u64;
     let mut dc = 0usize;
-    let (_gy_guards, _gc_guards);
+    let _other;
     if let (Some(o), Some(ln_c), Some(w1c), Some(uy), Some(g_cross)) =
         (&input.other, &w.ln_c, w.w1c, ws.uy, ws.g_cross)
     {
         dc = w.d_other.unwrap_or(0);
-        let (y_ptr, gy) = o.rows.device_ptr(stream);
-        let (ycu_ptr, gycu) = o.cu_seqlens.device_ptr(stream);
-        let (cg_ptr, gcg) = ln_c.gamma.device_ptr(stream);
-        let (cb_ptr, gcb) = ln_c.beta.device_ptr(stream);
-        let (uy_ptr, guy) = uy.device_ptr_mut(stream);
-        let (gcr_ptr, ggcr) = g_cross.device_ptr_mut(stream);
         let (wc_ptr, gwc) = w1c.device_ptr(stream);
-        for (name, p) in [
-            ("other.rows", y_ptr),
-            ("ln_c.gamma", cg_ptr),
-            ("ln_c.beta", cb_ptr),
-            ("workspace uy", uy_ptr),
-            ("workspace g_cross", gcr_ptr),
-            ("w1c", wc_ptr),
-        ] {
-            check_aligned(OP_TOKEN, name, p, 16)?;
-        }
-        ln_and_mean(
-            dev,
+        let step = LnMeanStep {
             batch,
-            o.total_rows,
-            dc,
-            w.eps,
-            y_ptr,
-            ycu_ptr,
-            cg_ptr,
-            cb_ptr,
-            uy_ptr,
-            gcr_ptr,
-        )?;
-        gc_ptr = gcr_ptr;
+            total_rows: o.total_rows,
+            d: dc,
+            eps: w.eps,
+            rows: o.rows,
+            cu_seqlens: o.cu_seqlens,
+            ln: ln_c,
+            u: uy,
+            g: g_cross,
+            names: [
+                "other.rows",
+                "ln_c.gamma",
+                "ln_c.beta",
+                "workspace uy",
+                "workspace g_cross",
+            ],
+            between: [None, None],
+            after: Some(("w1c", wc_ptr)),
+            skip_empty: false,
+        };
+        let ptrs = ln_mean_step(dev, OP_TOKEN, step)?;
+        gc_ptr = ptrs.g;
         w1c_ptr = wc_ptr;
-        _gy_guards = Some((gy, gycu, gcg, gcb, guy));
-        _gc_guards = Some((ggcr, gwc));
+        _other = Some((ptrs, gwc));
     } else {
-        _gy_guards = None;
-        _gc_guards = None;
+        _other = None;
     }
 
     let ctx_params = ScoreContextShapeC {
