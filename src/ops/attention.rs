@@ -26,10 +26,13 @@
 //! no keys gets a zero output.
 
 use cudarc::cublas::{sys as blas_sys, CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    SyncOnDrop,
+};
 use half::f16;
 
-use super::{check_aligned, check_len};
+use super::{check_aligned, check_len, opt_ptr};
 use crate::device::Device;
 use crate::{Error, Result};
 
@@ -323,13 +326,7 @@ unsafe impl DeviceRepr for ZeroParamsC {}
 
 /// Raw device pointers of one launch (all validated by the caller).
 struct RawAttention {
-    q: u64,
-    k: u64,
-    v: u64,
-    q_stride: usize,
-    kv_stride: usize,
-    cu_q: u64,
-    cu_k: u64,
+    io: QkvPtrs,
     active: u64,
     n_active: u64,
     mask: u64,
@@ -354,51 +351,29 @@ where
     M: DevicePtr<u8>,
     O: DevicePtrMut<f16>,
 {
-    let bufs = AttentionBuffers {
-        q: qkv.len(),
-        kv: 0,
-        cu_q: cu_seqlens.len(),
-        cu_k: cu_seqlens.len(),
-        active: heads.active.len(),
-        n_active: heads.n_active.len(),
-        head_mask: heads.head_mask.map(|m| m.len()),
-        out: out.len(),
-    };
-    validate_attention(shape, AttentionLayout::SelfPacked, &bufs)?;
-    if shape.batch == 0 || shape.rows_q == 0 {
-        return Ok(());
-    }
-    crate::kernels::ensure_built()?;
-    let stream = dev.stream();
-    let d = shape.hidden() as u64;
-    let (qkv_ptr, _g1) = qkv.device_ptr(stream);
-    let (cu_ptr, _g2) = cu_seqlens.device_ptr(stream);
-    let (act_ptr, _g3) = heads.active.device_ptr(stream);
-    let (n_ptr, _g4) = heads.n_active.device_ptr(stream);
-    let (mask_ptr, _g5) = match heads.head_mask {
-        Some(m) => {
-            let (p, g) = m.device_ptr(stream);
-            (p, Some(g))
-        }
-        None => (0, None),
-    };
-    let (out_ptr, _g6) = out.device_ptr_mut(stream);
-    // Column offsets in bytes (f16 = 2 bytes): k at D, v at 2D.
-    launch(
+    let lens = [qkv.len(), 0, cu_seqlens.len(), cu_seqlens.len()];
+    attend(
         dev,
         shape,
-        &RawAttention {
-            q: qkv_ptr,
-            k: qkv_ptr + 2 * d,
-            v: qkv_ptr + 4 * d,
-            q_stride: 3 * shape.hidden(),
-            kv_stride: 3 * shape.hidden(),
-            cu_q: cu_ptr,
-            cu_k: cu_ptr,
-            active: act_ptr,
-            n_active: n_ptr,
-            mask: mask_ptr,
-            out: out_ptr,
+        AttentionLayout::SelfPacked,
+        lens,
+        heads,
+        out,
+        |stream| {
+            let d = shape.hidden() as u64;
+            let (qkv_ptr, g1) = qkv.device_ptr(stream);
+            let (cu_ptr, g2) = cu_seqlens.device_ptr(stream);
+            // Column offsets in bytes (f16 = 2 bytes): k at D, v at 2D.
+            let ptrs = QkvPtrs {
+                q: qkv_ptr,
+                k: qkv_ptr + 2 * d,
+                v: qkv_ptr + 4 * d,
+                q_stride: 3 * shape.hidden(),
+                kv_stride: 3 * shape.hidden(),
+                cu_q: cu_ptr,
+                cu_k: cu_ptr,
+            };
+            (ptrs, vec![g1, g2])
         },
     )
 }
@@ -427,48 +402,94 @@ where
     M: DevicePtr<u8>,
     O: DevicePtrMut<f16>,
 {
+    let lens = [q.len(), kv.len(), cu_seqlens_q.len(), cu_seqlens_k.len()];
+    attend(
+        dev,
+        shape,
+        AttentionLayout::Cross,
+        lens,
+        heads,
+        out,
+        |stream| {
+            let d = shape.hidden() as u64;
+            let (q_ptr, g1) = q.device_ptr(stream);
+            let (kv_ptr, g2) = kv.device_ptr(stream);
+            let (cq_ptr, g3) = cu_seqlens_q.device_ptr(stream);
+            let (ck_ptr, g4) = cu_seqlens_k.device_ptr(stream);
+            let ptrs = QkvPtrs {
+                q: q_ptr,
+                k: kv_ptr,
+                v: kv_ptr + 2 * d,
+                q_stride: shape.hidden(),
+                kv_stride: 2 * shape.hidden(),
+                cu_q: cq_ptr,
+                cu_k: ck_ptr,
+            };
+            (ptrs, vec![g1, g2, g3, g4])
+        },
+    )
+}
+
+/// The query/key/value side of a launch as an entry point lays it out:
+/// pointers with their column offsets, row strides (elements) and
+/// `cu_seqlens`.
+struct QkvPtrs {
+    q: u64,
+    k: u64,
+    v: u64,
+    q_stride: usize,
+    kv_stride: usize,
+    cu_q: u64,
+    cu_k: u64,
+}
+
+/// What both entry points do around their layout: validate the buffer
+/// lengths (`lens`: q, kv, cu_seqlens_q, cu_seqlens_k) for `layout`, and
+/// unless there is no work (empty batch, no query rows) take the pointers
+/// of `qkv` (with their guards), of the head selection and of `out`, in
+/// that order, and launch.
+#[allow(clippy::too_many_arguments)]
+fn attend<'s, A, N, M, O>(
+    dev: &'s Device,
+    shape: &AttentionShape,
+    layout: AttentionLayout,
+    [q, kv, cu_q, cu_k]: [usize; 4],
+    heads: &'s HeadSelection<'_, A, N, M>,
+    out: &'s mut O,
+    qkv: impl FnOnce(&'s CudaStream) -> (QkvPtrs, Vec<SyncOnDrop<'s>>),
+) -> Result<()>
+where
+    A: DevicePtr<i32>,
+    N: DevicePtr<i32>,
+    M: DevicePtr<u8>,
+    O: DevicePtrMut<f16>,
+{
     let bufs = AttentionBuffers {
-        q: q.len(),
-        kv: kv.len(),
-        cu_q: cu_seqlens_q.len(),
-        cu_k: cu_seqlens_k.len(),
+        q,
+        kv,
+        cu_q,
+        cu_k,
         active: heads.active.len(),
         n_active: heads.n_active.len(),
         head_mask: heads.head_mask.map(|m| m.len()),
         out: out.len(),
     };
-    validate_attention(shape, AttentionLayout::Cross, &bufs)?;
+    validate_attention(shape, layout, &bufs)?;
     if shape.batch == 0 || shape.rows_q == 0 {
         return Ok(());
     }
     crate::kernels::ensure_built()?;
     let stream = dev.stream();
-    let d = shape.hidden() as u64;
-    let (q_ptr, _g1) = q.device_ptr(stream);
-    let (kv_ptr, _g2) = kv.device_ptr(stream);
-    let (cq_ptr, _g3) = cu_seqlens_q.device_ptr(stream);
-    let (ck_ptr, _g4) = cu_seqlens_k.device_ptr(stream);
-    let (act_ptr, _g5) = heads.active.device_ptr(stream);
-    let (n_ptr, _g6) = heads.n_active.device_ptr(stream);
-    let (mask_ptr, _g7) = match heads.head_mask {
-        Some(m) => {
-            let (p, g) = m.device_ptr(stream);
-            (p, Some(g))
-        }
-        None => (0, None),
-    };
-    let (out_ptr, _g8) = out.device_ptr_mut(stream);
+    let (p, _qkv_guards) = qkv(stream);
+    let (act_ptr, _g1) = heads.active.device_ptr(stream);
+    let (n_ptr, _g2) = heads.n_active.device_ptr(stream);
+    let (mask_ptr, _g3) = opt_ptr(heads.head_mask, stream);
+    let (out_ptr, _g4) = out.device_ptr_mut(stream);
     launch(
         dev,
         shape,
         &RawAttention {
-            q: q_ptr,
-            k: kv_ptr,
-            v: kv_ptr + 2 * d,
-            q_stride: shape.hidden(),
-            kv_stride: 2 * shape.hidden(),
-            cu_q: cq_ptr,
-            cu_k: ck_ptr,
+            io: p,
             active: act_ptr,
             n_active: n_ptr,
             mask: mask_ptr,
@@ -480,15 +501,16 @@ where
 /// Launches the fused kernel (and the zero-fill when a mask is given) on
 /// validated raw pointers.
 fn launch(dev: &Device, shape: &AttentionShape, r: &RawAttention) -> Result<()> {
+    let io = &r.io;
     for (name, p, align) in [
-        ("q", r.q, 16),
-        ("k", r.k, 16),
-        ("v", r.v, 16),
+        ("q", io.q, 16),
+        ("k", io.k, 16),
+        ("v", io.v, 16),
         ("out", r.out, 16),
         ("active", r.active, 8),
         ("n_active", r.n_active, 4),
-        ("cu_seqlens_q", r.cu_q, 4),
-        ("cu_seqlens_k", r.cu_k, 4),
+        ("cu_seqlens_q", io.cu_q, 4),
+        ("cu_seqlens_k", io.cu_k, 4),
     ] {
         check_aligned(OP, name, p, align)?;
     }
@@ -498,17 +520,17 @@ fn launch(dev: &Device, shape: &AttentionShape, r: &RawAttention) -> Result<()> 
         _ => "attention_fwd_d32_f16",
     };
     let params = AttnParamsC {
-        q: r.q,
-        k: r.k,
-        v: r.v,
+        q: io.q,
+        k: io.k,
+        v: io.v,
         out: r.out,
-        cu_q: r.cu_q,
-        cu_k: r.cu_k,
+        cu_q: io.cu_q,
+        cu_k: io.cu_k,
         active: r.active,
         n_active: r.n_active,
-        q_stride: r.q_stride as i32,
-        k_stride: r.kv_stride as i32,
-        v_stride: r.kv_stride as i32,
+        q_stride: io.q_stride as i32,
+        k_stride: io.kv_stride as i32,
+        v_stride: io.kv_stride as i32,
         out_stride: d as i32,
         batch: shape.batch as i32,
         heads: shape.heads as i32,
@@ -530,7 +552,7 @@ fn launch(dev: &Device, shape: &AttentionShape, r: &RawAttention) -> Result<()> 
         let zf = dev.function(MODULE, zname)?;
         let zp = ZeroParamsC {
             out: r.out,
-            cu_q: r.cu_q,
+            cu_q: io.cu_q,
             mask: r.mask,
             out_stride: d as i32,
             batch: shape.batch as i32,
