@@ -4,7 +4,7 @@
 //!
 //! - [`inputs`](mod@inputs): what goes in ([`Inputs`], one [`StreamInput`]
 //!   per input stream).
-//! - [`embed`](mod@embed): the input validation both backends share
+//! - [`embedding`]: the input validation both backends share
 //!   ([`check_inputs`]) and the host embedding ([`embed_inputs`], [`embed`]).
 //! - [`packed`](mod@packed): packed rows with `cu_seqlens` and `orig_index`
 //!   ([`Packed`]).
@@ -17,13 +17,13 @@
 //! These lived in `reference` before; `reference::{Inputs, StreamInput,
 //! Packed, ...}` and `reference::model::...` still name them (re-exports).
 
-pub mod embed;
+pub mod embedding;
 pub mod inputs;
 pub mod math;
 pub mod outputs;
 pub mod packed;
 
-pub use embed::{check_inputs, embed, embed_inputs};
+pub use embedding::{check_inputs, embed, embed_inputs};
 pub use inputs::{Inputs, StreamInput};
 pub use outputs::{layer_stats, HeadRecord, LayerRecord, LayerStats, StreamOutput};
 pub use packed::Packed;
