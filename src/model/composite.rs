@@ -33,8 +33,9 @@ use half::f16;
 
 use super::forward::{drv, linear, upload_stream, ContextShape, Lin, PassEnd, PassShape, Source};
 use super::input::validate_inputs;
+use super::layout::WorkspaceLayout;
 use super::weights::{padded, DevHead, GpuModel};
-use super::workspace::{HeadWs, Workspace, WorkspaceLayout};
+use super::workspace::{HeadWs, Workspace};
 use super::{GpuForwardOptions, GpuOutputs};
 use crate::device::Device;
 use crate::ops::{

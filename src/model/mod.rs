@@ -101,13 +101,15 @@ mod composite;
 mod device_io;
 mod forward;
 mod input;
+mod layout;
 mod weights;
 mod workspace;
 
 pub use device_io::{DevicePacked, DevicePass, DeviceStreamOutput};
 pub use input::{prepare_inputs, validate_inputs, PreparedInputs};
+pub use layout::{Capacity, StreamLayout, WorkspaceLayout, ARENA_ALIGN};
 pub use weights::{check_supported, gpu_variant, GpuModel};
-pub use workspace::{Capacity, StreamLayout, Workspace, WorkspaceLayout, ARENA_ALIGN, MAX_GRAPHS};
+pub use workspace::{Workspace, MAX_GRAPHS};
 
 use crate::pass::StreamOutput;
 use crate::spec::SequenceFlops;

@@ -23,8 +23,9 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use half::f16;
 
 use super::input::validate_inputs;
+use super::layout::WorkspaceLayout;
 use super::weights::GpuModel;
-use super::workspace::{Workspace, WorkspaceLayout};
+use super::workspace::Workspace;
 use super::{GpuForwardOptions, GpuOutputs, SyncPolicy};
 use crate::pass::Inputs;
 use crate::spec::KeepRule;
