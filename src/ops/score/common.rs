@@ -243,8 +243,9 @@ fn launch_layernorm(
 }
 
 /// One stream's part of both pruners' first step ([`ln_mean_step`]): the
-/// scored rows, or the other stream's, with the LayerNorm applied to them
-/// and the scratch it writes.
+/// scored rows ([`LnMeanStep::scored`]) or the other stream's
+/// ([`LnMeanStep::other`]), with the LayerNorm applied to them and the
+/// scratch it writes.
 pub(super) struct LnMeanStep<'s> {
     /// Sequences.
     pub(super) batch: usize,
@@ -258,23 +259,80 @@ pub(super) struct LnMeanStep<'s> {
     pub(super) rows: &'s dyn DevicePtr<f16>,
     /// `[batch + 1]` i32.
     pub(super) cu_seqlens: &'s dyn DevicePtr<i32>,
-    /// The LayerNorm (`LN_p`, `LN_c`, `LN_h` or `LN_hc`).
-    pub(super) ln: &'s LnDev<'s>,
+    /// The LayerNorm (`LN_p`, `LN_c`, `LN_h` or `LN_hc`) and its name.
+    pub(super) ln: (&'static str, &'s LnDev<'s>),
     /// `[total_rows, d]` f16: the normalised rows.
     pub(super) u: &'s mut dyn DevicePtrMut<f16>,
-    /// `[batch, d]` f32: their per-sequence mean.
-    pub(super) g: &'s mut dyn DevicePtrMut<f32>,
-    /// Names of `rows`, `ln`'s gamma and beta, `u` and `g`, for alignment
-    /// errors.
-    pub(super) names: [&'static str; 5],
+    /// `[batch, d]` f32: their per-sequence mean, and its buffer's name.
+    pub(super) g: (&'static str, &'s mut dyn DevicePtrMut<f32>),
+    /// The other stream's rows (`other.rows`, `workspace uy` in errors)
+    /// rather than the scored ones (`x`, `workspace u`).
+    pub(super) other: bool,
     /// More pointers whose alignment is checked with these: `between` after
-    /// `ln` (the scored rows' pruner weights), `after` last (the token
-    /// pruner's `W1c`).
+    /// the LayerNorm (the scored rows' pruner weights), `after` last (the
+    /// token pruner's `W1c`).
     pub(super) between: [Option<(&'static str, u64)>; 2],
     /// See `between`.
     pub(super) after: Option<(&'static str, u64)>,
     /// Launch nothing when there are no rows.
     pub(super) skip_empty: bool,
+}
+
+impl<'s> LnMeanStep<'s> {
+    /// The scored rows' step: `input`'s rows through the pruner's own
+    /// LayerNorm into `u`, their mean into `g`.
+    pub(super) fn scored(
+        input: &PrunerInput<'s>,
+        d: usize,
+        eps: f32,
+        ln: (&'static str, &'s LnDev<'s>),
+        u: &'s mut dyn DevicePtrMut<f16>,
+        g: (&'static str, &'s mut dyn DevicePtrMut<f32>),
+    ) -> Self {
+        LnMeanStep {
+            batch: input.batch,
+            total_rows: input.total_rows,
+            d,
+            eps,
+            rows: input.x,
+            cu_seqlens: input.cu_seqlens,
+            ln,
+            u,
+            g,
+            other: false,
+            between: [None, None],
+            after: None,
+            skip_empty: false,
+        }
+    }
+
+    /// The other stream's step: its rows through the pruner's LayerNorm for
+    /// them (`d` wide) into `uy`, their mean into `g`.
+    pub(super) fn other(
+        batch: usize,
+        o: &OtherStream<'s>,
+        d: usize,
+        eps: f32,
+        ln: (&'static str, &'s LnDev<'s>),
+        uy: &'s mut dyn DevicePtrMut<f16>,
+        g: (&'static str, &'s mut dyn DevicePtrMut<f32>),
+    ) -> Self {
+        LnMeanStep {
+            batch,
+            total_rows: o.total_rows,
+            d,
+            eps,
+            rows: o.rows,
+            cu_seqlens: o.cu_seqlens,
+            ln,
+            u: uy,
+            g,
+            other: true,
+            between: [None, None],
+            after: None,
+            skip_empty: false,
+        }
+    }
 }
 
 /// The pointers [`ln_mean_step`] used, and the guards that keep them valid
@@ -292,8 +350,8 @@ pub(super) struct LnMeanPtrs<'s> {
 }
 
 /// Both pruners' first step on one stream: after checking the 16-byte
-/// alignment of its rows, `ln`, `between`, `u`, `g` and `after` (in that
-/// order), the LayerNorm of its rows into `u` and their per-sequence mean
+/// alignment of its rows, the LayerNorm's gamma and beta, `between`, `u`,
+/// `g` and `after` (in that order), the LayerNorm of its rows into `u` and their per-sequence mean
 /// into `g` ([`ln_and_mean`]; with `skip_empty`, nothing when there are no
 /// rows).
 pub(super) fn ln_mean_step<'s>(
@@ -302,12 +360,13 @@ pub(super) fn ln_mean_step<'s>(
     step: LnMeanStep<'s>,
 ) -> Result<LnMeanPtrs<'s>> {
     let stream = dev.stream();
+    let ((ln_name, ln), (g_name, g)) = (step.ln, step.g);
     let (x_ptr, gx) = step.rows.device_ptr(stream);
     let (cu_ptr, gcu) = step.cu_seqlens.device_ptr(stream);
-    let (lg_ptr, glg) = step.ln.gamma.device_ptr(stream);
-    let (lb_ptr, glb) = step.ln.beta.device_ptr(stream);
+    let (lg_ptr, glg) = ln.gamma.device_ptr(stream);
+    let (lb_ptr, glb) = ln.beta.device_ptr(stream);
     let (u_ptr, gu) = step.u.device_ptr_mut(stream);
-    let (g_ptr, gg) = step.g.device_ptr_mut(stream);
+    let (g_ptr, gg) = g.device_ptr_mut(stream);
     let ptrs = LnMeanPtrs {
         cu: cu_ptr,
         u: u_ptr,
@@ -315,11 +374,16 @@ pub(super) fn ln_mean_step<'s>(
         launched: !(step.skip_empty && step.total_rows == 0),
         _guards: vec![gx, gcu, glg, glb, gu, gg],
     };
-    let [x_name, gamma, beta, u_name, g_name] = step.names;
-    let checked = [(x_name, x_ptr), (gamma, lg_ptr), (beta, lb_ptr)]
+    let (x_name, u_name) = match step.other {
+        false => ("x", "workspace u"),
+        true => ("other.rows", "workspace uy"),
+    };
+    let (gamma, beta) = (format!("{ln_name}.gamma"), format!("{ln_name}.beta"));
+    let g_name = format!("workspace {g_name}");
+    let checked = [(x_name, x_ptr), (&gamma, lg_ptr), (&beta, lb_ptr)]
         .into_iter()
         .chain(step.between.into_iter().flatten())
-        .chain([(u_name, u_ptr), (g_name, g_ptr)])
+        .chain([(u_name, u_ptr), (&g_name, g_ptr)])
         .chain(step.after);
     for (name, p) in checked {
         check_aligned(op, name, p, 16)?;

@@ -298,55 +298,20 @@ pub fn head_scores(
     let (p_ptr, _gp) = out.pairs.device_ptr_mut(stream);
     let (pc_ptr, _gpc) = out.pair_count.device_ptr_mut(stream);
     let (hc_ptr, _ghc) = opt_ptr_mut(out.head_counts, stream);
-    let own = ln_mean_step(
-        dev,
-        OP_HEAD,
-        LnMeanStep {
-            batch,
-            total_rows: input.total_rows,
-            d,
-            eps: w.eps,
-            rows: input.x,
-            cu_seqlens: input.cu_seqlens,
-            ln: &w.ln_h,
-            u: ws.u,
-            g: ws.g_x,
-            names: [
-                "x",
-                "ln_h.gamma",
-                "ln_h.beta",
-                "workspace u",
-                "workspace g_x",
-            ],
-            between: [Some(("w1", w1_ptr)), Some(("w2", w2_ptr))],
-            after: None,
-            skip_empty: true,
-        },
-    )?;
+    let own = LnMeanStep {
+        between: [Some(("w1", w1_ptr)), Some(("w2", w2_ptr))],
+        skip_empty: true,
+        ..LnMeanStep::scored(input, d, w.eps, ("ln_h", &w.ln_h), ws.u, ("g_x", ws.g_x))
+    };
+    let own = ln_mean_step(dev, OP_HEAD, own)?;
     let gx_ptr = own.g;
     let mut gy_ptr = 0u64;
     let _other;
     if let (Some(o), Some(ln), Some(uy), Some(g_y)) = (&input.other, &w.ln_hc, ws.uy, ws.g_y) {
+        let dc = w.d_other.unwrap_or(0);
         let step = LnMeanStep {
-            batch,
-            total_rows: o.total_rows,
-            d: w.d_other.unwrap_or(0),
-            eps: w.eps,
-            rows: o.rows,
-            cu_seqlens: o.cu_seqlens,
-            ln,
-            u: uy,
-            g: g_y,
-            names: [
-                "other.rows",
-                "ln_hc.gamma",
-                "ln_hc.beta",
-                "workspace uy",
-                "workspace g_y",
-            ],
-            between: [None, None],
-            after: None,
             skip_empty: true,
+            ..LnMeanStep::other(batch, o, dc, w.eps, ("ln_hc", ln), uy, ("g_y", g_y))
         };
         let ptrs = ln_mean_step(dev, OP_HEAD, step)?;
         if ptrs.launched {

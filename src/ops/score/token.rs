@@ -308,31 +308,18 @@ pub fn token_scores(
     let (s_ptr, _gs) = out.scores.device_ptr_mut(stream);
     let (f_ptr, _gf) = opt_ptr_mut(out.flags, stream);
     let (p_ptr, _gp) = opt_ptr_mut(ws.partial, stream);
-    let own = ln_mean_step(
-        dev,
-        OP_TOKEN,
-        LnMeanStep {
-            batch,
-            total_rows: input.total_rows,
+    let own = LnMeanStep {
+        between: [Some(("w1x", w1x_ptr)), Some(("w1s", w1s_ptr))],
+        ..LnMeanStep::scored(
+            input,
             d,
-            eps: w.eps,
-            rows: input.x,
-            cu_seqlens: input.cu_seqlens,
-            ln: &w.ln_p,
-            u: ws.u,
-            g: ws.g_self,
-            names: [
-                "x",
-                "ln_p.gamma",
-                "ln_p.beta",
-                "workspace u",
-                "workspace g_self",
-            ],
-            between: [Some(("w1x", w1x_ptr)), Some(("w1s", w1s_ptr))],
-            after: None,
-            skip_empty: false,
-        },
-    )?;
+            w.eps,
+            ("ln_p", &w.ln_p),
+            ws.u,
+            ("g_self", ws.g_self),
+        )
+    };
+    let own = ln_mean_step(dev, OP_TOKEN, own)?;
     let (cu_ptr, u_ptr, gs_ptr) = (own.cu, own.u, own.g);
 
     // The cross part: only with an other stream (validated to come with
@@ -348,25 +335,16 @@ pub fn token_scores(
         dc = w.d_other.unwrap_or(0);
         let (wc_ptr, gwc) = w1c.device_ptr(stream);
         let step = LnMeanStep {
-            batch,
-            total_rows: o.total_rows,
-            d: dc,
-            eps: w.eps,
-            rows: o.rows,
-            cu_seqlens: o.cu_seqlens,
-            ln: ln_c,
-            u: uy,
-            g: g_cross,
-            names: [
-                "other.rows",
-                "ln_c.gamma",
-                "ln_c.beta",
-                "workspace uy",
-                "workspace g_cross",
-            ],
-            between: [None, None],
             after: Some(("w1c", wc_ptr)),
-            skip_empty: false,
+            ..LnMeanStep::other(
+                batch,
+                o,
+                dc,
+                w.eps,
+                ("ln_c", ln_c),
+                uy,
+                ("g_cross", g_cross),
+            )
         };
         let ptrs = ln_mean_step(dev, OP_TOKEN, step)?;
         gc_ptr = ptrs.g;
