@@ -7,6 +7,8 @@
 //! - [`device`] and [`kernels`]: CUDA context, streams, the embedded PTX modules.
 //! - [`ops`]: safe wrappers around the hand-written kernels (validate, then launch).
 //! - [`spec`]: the model's description (config, weights, FLOPs), shared by both backends.
+//! - [`pass`]: a pass's inputs, outputs and per-layer records, the input validation and
+//!   the host embedding, shared by both backends.
 //! - [`reference`](mod@reference): the exact CPU pass (the semantics of DESIGN.md).
 //! - [`embed`], [`tensor_io`]: sentence embeddings from HuggingFace models;
 //!   `smarttrim run`'s input and output files.
@@ -27,6 +29,7 @@ pub mod kernels;
 pub mod limits;
 pub mod model;
 pub mod ops;
+pub mod pass;
 pub mod reference;
 pub mod report;
 pub mod spec;

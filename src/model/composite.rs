@@ -33,16 +33,16 @@ use half::f16;
 
 use super::forward::{drv, linear, upload_stream, ContextShape, Lin, PassEnd, PassShape, Source};
 use super::input::validate_inputs;
+use super::layout::WorkspaceLayout;
 use super::weights::{padded, DevHead, GpuModel};
-use super::workspace::{HeadWs, Workspace, WorkspaceLayout};
+use super::workspace::{HeadWs, Workspace};
 use super::{GpuForwardOptions, GpuOutputs};
 use crate::device::Device;
 use crate::ops::{
     bias_act, copy_cols, layer_norm_ext, Act, BlasWorkspace, ColsShape, CopyColsShape,
     LayerNormExtras, LayerNormShape,
 };
-use crate::reference::model::{Inputs, StreamInput};
-use crate::reference::Packed;
+use crate::pass::{Inputs, Packed, StreamInput};
 use crate::spec::flops::head_flops;
 use crate::spec::schedule::{stream_flops_from_stats, Lengths};
 use crate::spec::{SequenceFlops, StageInput};
@@ -390,7 +390,7 @@ impl GpuModel {
                 .collect(),
             context: None,
         };
-        let stats = crate::reference::model::layer_stats(&streams);
+        let stats = crate::pass::layer_stats(&streams);
         let per_stream = stream_flops_from_stats(cfg, &lengths, &stats, opts.dense)?;
         let mut flops = vec![SequenceFlops::default(); batch];
         for (so, (per_layer, seq)) in streams.iter_mut().zip(per_stream) {

@@ -16,11 +16,12 @@ use cudarc::driver::{CudaStream, CudaView, CudaViewMut};
 use half::f16;
 
 use super::forward::{PassEnd, PassShape, Source};
+use super::layout::WorkspaceLayout;
 use super::weights::GpuModel;
-use super::workspace::{Workspace, WorkspaceLayout};
+use super::workspace::Workspace;
 use super::GpuForwardOptions;
 use crate::ops::seq_positions;
-use crate::reference::model::LayerStats;
+use crate::pass::LayerStats;
 use crate::spec::ModelKind;
 use crate::{Error, Result};
 

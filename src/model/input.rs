@@ -2,9 +2,8 @@
 //! module docs of [`crate::model`]) and capacity checks, all before any
 //! device work.
 
-use super::workspace::Capacity;
-use crate::reference::model::{check_inputs, embed_inputs, Inputs};
-use crate::reference::Packed;
+use super::layout::Capacity;
+use crate::pass::{check_inputs, embed_inputs, Inputs, Packed};
 use crate::spec::{EmbeddingWeights, ModelConfig};
 use crate::{Error, Result};
 

@@ -16,7 +16,7 @@
 //!
 //! # What runs where
 //!
-//! - Inputs are validated on the host ([`crate::reference::model::check_inputs`],
+//! - Inputs are validated on the host ([`crate::pass::check_inputs`],
 //!   every problem in one [`Error::Input`](crate::Error::Input)) and
 //!   uploaded as they are: packed rows as f16, token and type ids, pixels as
 //!   f32 (one copy each per forward, before any device work of the pass).
@@ -101,15 +101,17 @@ mod composite;
 mod device_io;
 mod forward;
 mod input;
+mod layout;
 mod weights;
 mod workspace;
 
 pub use device_io::{DevicePacked, DevicePass, DeviceStreamOutput};
 pub use input::{prepare_inputs, validate_inputs, PreparedInputs};
+pub use layout::{Capacity, StreamLayout, WorkspaceLayout, ARENA_ALIGN};
 pub use weights::{check_supported, gpu_variant, GpuModel};
-pub use workspace::{Capacity, StreamLayout, Workspace, WorkspaceLayout, ARENA_ALIGN, MAX_GRAPHS};
+pub use workspace::{Workspace, MAX_GRAPHS};
 
-use crate::reference::StreamOutput;
+use crate::pass::StreamOutput;
 use crate::spec::SequenceFlops;
 
 /// How the host learns the row counts that size the GEMMs (module docs).
@@ -170,7 +172,7 @@ impl GpuOutputs {
     /// Per-layer statistics: `[layer][stream]` -> (kept rows, active self
     /// heads, active cross heads), each per sequence; the same shape as
     /// [`crate::reference::Outputs::stats`].
-    pub fn stats(&self) -> Vec<Vec<crate::reference::model::LayerStats>> {
-        crate::reference::model::layer_stats(&self.streams)
+    pub fn stats(&self) -> Vec<Vec<crate::pass::LayerStats>> {
+        crate::pass::layer_stats(&self.streams)
     }
 }

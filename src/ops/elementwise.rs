@@ -3,10 +3,12 @@
 //! `bias_gelu_f16`, `bias_act_f16`, `bias_residual_f16`, `mean_pool_f16`,
 //! `first_token_f16`, `copy_cols_f16`).
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaFunction, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use half::f16;
 
-use super::{check_aligned, check_len, opt_ptr, rows_i32};
+use super::{check_aligned, check_len, launched, opt_ptr, rows_i32};
 use crate::device::Device;
 use crate::{Error, Result};
 
@@ -31,6 +33,15 @@ struct ColsShapeC {
 // SAFETY: `#[repr(C)]` plain data, laid out as the C struct.
 unsafe impl DeviceRepr for ColsShapeC {}
 
+impl ColsShapeC {
+    fn of(shape: ColsShape) -> Self {
+        ColsShapeC {
+            rows: shape.rows as i32,
+            n: shape.n as i32,
+        }
+    }
+}
+
 /// Mirror of `struct PoolShape` in `kernels/elementwise.cu`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +51,15 @@ pub(crate) struct PoolShapeC {
 }
 // SAFETY: `#[repr(C)]` plain data, laid out as the C struct.
 unsafe impl DeviceRepr for PoolShapeC {}
+
+impl PoolShapeC {
+    fn of(shape: PoolShape) -> Self {
+        PoolShapeC {
+            batch: shape.batch as i32,
+            d: shape.d as i32,
+        }
+    }
+}
 
 /// Checks a [`ColsShape`] against buffer lengths (`x`, `bias`, optional
 /// `residual`, optional `rows_dev`), before any device use.
@@ -81,6 +101,27 @@ fn cols_grid(rows: usize, n: usize) -> u32 {
     vecs.div_ceil(THREADS as u64).clamp(1, 65_535 * 8) as u32
 }
 
+/// The launch configuration of every column-wise kernel (bias + GELU,
+/// bias + activation, bias + residual, column copies) over `rows x n`.
+fn cols_config(rows: usize, n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (cols_grid(rows, n), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The start of every column-wise launch after its size checks: nothing to
+/// do without rows (`None`), else the kernels built and `name` loaded from
+/// the elementwise module.
+fn cols_function(dev: &Device, rows: usize, name: &str) -> Result<Option<CudaFunction>> {
+    if rows == 0 {
+        return Ok(None);
+    }
+    crate::kernels::ensure_built()?;
+    dev.function("elementwise", name).map(Some)
+}
+
 /// `x = GELU(x + bias)` in place over `[rows, n]` f16 (erf GELU, f32 math).
 /// `rows_dev`: an optional device row count (rows at or past it untouched).
 pub fn bias_gelu<X, B, N>(
@@ -104,34 +145,24 @@ where
         None,
         rows_dev.map(|n| n.len()),
     )?;
-    if shape.rows == 0 {
+    let Some(func) = cols_function(dev, shape.rows, "bias_gelu_f16")? else {
         return Ok(());
-    }
-    crate::kernels::ensure_built()?;
-    let func = dev.function("elementwise", "bias_gelu_f16")?;
+    };
     let stream = dev.stream();
     let (x_ptr, _gx) = x.device_ptr_mut(stream);
     let (b_ptr, _gb) = bias.device_ptr(stream);
     let (n_ptr, _gn) = opt_ptr(rows_dev, stream);
     check_aligned(OP, "x", x_ptr, 16)?;
     check_aligned(OP, "bias", b_ptr, 16)?;
-    let params = ColsShapeC {
-        rows: shape.rows as i32,
-        n: shape.n as i32,
-    };
-    let cfg = LaunchConfig {
-        grid_dim: (cols_grid(shape.rows, shape.n), 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let params = ColsShapeC::of(shape);
+    let cfg = cols_config(shape.rows, shape.n);
     let mut launch = stream.launch_builder(&func);
     launch.arg(&x_ptr).arg(&b_ptr).arg(&n_ptr).arg(&params);
     // SAFETY: arguments match `bias_gelu_f16(half*, const half*, const int*,
     // ColsShape)`; x covers rows * n and bias n elements (validated), both
     // 16-byte aligned; rows_dev is null or one live i32. The kernel touches
     // only vectors below rows * n / 8 (grid-stride loop).
-    unsafe { launch.launch(cfg) }.map_err(|e| Error::driver("launching bias_gelu_f16", e))?;
-    dev.check_launch("bias_gelu_f16")
+    launched(dev, "bias_gelu_f16", unsafe { launch.launch(cfg) })
 }
 
 /// `x = x + bias + residual` in place over `[rows, n]` f16 (one rounding).
@@ -158,11 +189,9 @@ where
         Some(residual.len()),
         rows_dev.map(|n| n.len()),
     )?;
-    if shape.rows == 0 {
+    let Some(func) = cols_function(dev, shape.rows, "bias_residual_f16")? else {
         return Ok(());
-    }
-    crate::kernels::ensure_built()?;
-    let func = dev.function("elementwise", "bias_residual_f16")?;
+    };
     let stream = dev.stream();
     let (x_ptr, _gx) = x.device_ptr_mut(stream);
     let (b_ptr, _gb) = bias.device_ptr(stream);
@@ -171,15 +200,8 @@ where
     for (name, p) in [("x", x_ptr), ("bias", b_ptr), ("residual", r_ptr)] {
         check_aligned(OP, name, p, 16)?;
     }
-    let params = ColsShapeC {
-        rows: shape.rows as i32,
-        n: shape.n as i32,
-    };
-    let cfg = LaunchConfig {
-        grid_dim: (cols_grid(shape.rows, shape.n), 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let params = ColsShapeC::of(shape);
+    let cfg = cols_config(shape.rows, shape.n);
     let mut launch = stream.launch_builder(&func);
     launch
         .arg(&x_ptr)
@@ -190,8 +212,7 @@ where
     // SAFETY: arguments match `bias_residual_f16(half*, const half*, const
     // half*, const int*, ColsShape)`; x and residual cover rows * n, bias n
     // elements, all 16-byte aligned; rows_dev is null or one live i32.
-    unsafe { launch.launch(cfg) }.map_err(|e| Error::driver("launching bias_residual_f16", e))?;
-    dev.check_launch("bias_residual_f16")
+    launched(dev, "bias_residual_f16", unsafe { launch.launch(cfg) })
 }
 
 /// The shape of a pooling launch.
@@ -303,10 +324,7 @@ pub(crate) fn launch_mean_pool(
     out_f16: u64,
 ) -> Result<()> {
     let func = dev.function("elementwise", "mean_pool_f16")?;
-    let params = PoolShapeC {
-        batch: shape.batch as i32,
-        d: shape.d as i32,
-    };
+    let params = PoolShapeC::of(shape);
     let cfg = LaunchConfig {
         grid_dim: ((shape.d as u32).div_ceil(256), shape.batch as u32, 1),
         block_dim: (32, 8, 1),
@@ -324,8 +342,7 @@ pub(crate) fn launch_mean_pool(
     // aligned), cu_seqlens (batch + 1 entries, describing rows within x) and
     // the [batch, d] output; the grid is (ceil(d / 256), batch), and the
     // kernel guards column vectors past d / 8.
-    unsafe { launch.launch(cfg) }.map_err(|e| Error::driver("launching mean_pool_f16", e))?;
-    dev.check_launch("mean_pool_f16")
+    launched(dev, "mean_pool_f16", unsafe { launch.launch(cfg) })
 }
 
 /// `out[b] = x[cu_seqlens[b]]` (first-token / CLS pooling), `[batch, d]` f16;
@@ -352,10 +369,7 @@ where
     let (o_ptr, _go) = out.device_ptr_mut(stream);
     check_aligned(OP, "x", x_ptr, 16)?;
     check_aligned(OP, "out", o_ptr, 16)?;
-    let params = PoolShapeC {
-        batch: shape.batch as i32,
-        d: shape.d as i32,
-    };
+    let params = PoolShapeC::of(shape);
     let cfg = LaunchConfig {
         grid_dim: ((shape.batch as u32).div_ceil(4), 1, 1),
         block_dim: (128, 1, 1),
@@ -367,8 +381,7 @@ where
     // half*, PoolShape)`; buffers validated (x total_rows * d, cu_seqlens
     // batch + 1, out batch * d), 16-byte aligned; one warp per sequence,
     // warps past batch return.
-    unsafe { launch.launch(cfg) }.map_err(|e| Error::driver("launching first_token_f16", e))?;
-    dev.check_launch("first_token_f16")
+    launched(dev, "first_token_f16", unsafe { launch.launch(cfg) })
 }
 
 /// The activation of a [`bias_act`] launch.
@@ -438,11 +451,9 @@ where
         None,
         rows_dev.map(|n| n.len()),
     )?;
-    if shape.rows == 0 {
+    let Some(func) = cols_function(dev, shape.rows, "bias_act_f16")? else {
         return Ok(());
-    }
-    crate::kernels::ensure_built()?;
-    let func = dev.function("elementwise", "bias_act_f16")?;
+    };
     let stream = dev.stream();
     let (x_ptr, _gx) = x.device_ptr_mut(stream);
     let (b_ptr, _gb) = opt_ptr(bias, stream);
@@ -454,11 +465,7 @@ where
         n: shape.n as i32,
         act: act.code(),
     };
-    let cfg = LaunchConfig {
-        grid_dim: (cols_grid(shape.rows, shape.n), 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = cols_config(shape.rows, shape.n);
     let mut launch = stream.launch_builder(&func);
     launch.arg(&x_ptr).arg(&b_ptr).arg(&n_ptr).arg(&params);
     // SAFETY: arguments match `bias_act_f16(half*, const half*, const int*,
@@ -466,8 +473,7 @@ where
     // both 16-byte aligned (validated); rows_dev is null or one live i32;
     // act is one of the kernel's codes. The kernel touches only vectors
     // below rows * n / 8 (grid-stride loop).
-    unsafe { launch.launch(cfg) }.map_err(|e| Error::driver("launching bias_act_f16", e))?;
-    dev.check_launch("bias_act_f16")
+    launched(dev, "bias_act_f16", unsafe { launch.launch(cfg) })
 }
 
 /// The shape of a [`copy_cols`] launch: `rows x n` from a matrix of row
@@ -547,11 +553,9 @@ where
 {
     const OP: &str = "copy_cols";
     validate_copy_cols(shape, src.len(), dst.len())?;
-    if shape.rows == 0 {
+    let Some(func) = cols_function(dev, shape.rows, "copy_cols_f16")? else {
         return Ok(());
-    }
-    crate::kernels::ensure_built()?;
-    let func = dev.function("elementwise", "copy_cols_f16")?;
+    };
     let stream = dev.stream();
     let (s_ptr, _gs) = src.device_ptr(stream);
     let (d_ptr, _gd) = dst.device_ptr_mut(stream);
@@ -564,11 +568,7 @@ where
         dst_ld: shape.dst_ld as i32,
         dst_col: shape.dst_col as i32,
     };
-    let cfg = LaunchConfig {
-        grid_dim: (cols_grid(shape.rows, shape.n), 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = cols_config(shape.rows, shape.n);
     let mut launch = stream.launch_builder(&func);
     launch.arg(&s_ptr).arg(&d_ptr).arg(&params);
     // SAFETY: arguments match `copy_cols_f16(const half*, half*,
@@ -576,6 +576,5 @@ where
     // * dst_ld + dst_col + n elements (validated), both 16-byte aligned, and
     // every stride and offset is a multiple of 8 elements, so every vector
     // access is aligned and in bounds (grid-stride over rows * n / 8).
-    unsafe { launch.launch(cfg) }.map_err(|e| Error::driver("launching copy_cols_f16", e))?;
-    dev.check_launch("copy_cols_f16")
+    launched(dev, "copy_cols_f16", unsafe { launch.launch(cfg) })
 }

@@ -76,6 +76,18 @@ pub(crate) fn check_aligned(op: &'static str, name: &str, ptr: u64, align: u64) 
     }
 }
 
+/// The result of an `unsafe` kernel launch named `name`, as the wrappers
+/// report it: a failed launch is [`Error::Driver`] ("launching `name`"),
+/// then [`crate::device::Device::check_launch`].
+pub(crate) fn launched<T>(
+    dev: &crate::device::Device,
+    name: &str,
+    launch: std::result::Result<T, cudarc::driver::DriverError>,
+) -> Result<()> {
+    launch.map_err(|e| Error::driver(format!("launching {name}"), e))?;
+    dev.check_launch(name)
+}
+
 /// A nullable device pointer: the pointer and its guard, or `(0, None)`.
 pub(crate) fn opt_ptr<'a, T, P: cudarc::driver::DevicePtr<T> + ?Sized>(
     p: Option<&'a P>,

@@ -10,7 +10,7 @@
 //! `ragged`, sequence `b > 0` of a text-like stream gets a length drawn
 //! between half and all of the default, so batches are ragged.
 
-use super::model::{Inputs, StreamInput};
+use crate::pass::{Inputs, StreamInput};
 use crate::spec::Rng;
 use crate::spec::{EmbeddingConfig, ModelConfig, ModelKind};
 

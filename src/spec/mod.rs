@@ -1,12 +1,14 @@
 //! The model's description shared by the CPU reference and the GPU pass:
-//! configs ([`config`]), host-side weights and their file format
-//! ([`weights`]), FLOPs accounting ([`flops`]), pruning schedules and the
-//! FLOPs of a pass computed from its counts ([`schedule`]), and HuggingFace
-//! checkpoints as they are published ([`hf`]: configs and name maps).
+//! configs ([`config`]) and the built-in ones ([`presets`]), host-side
+//! weights and their file format ([`weights`]), FLOPs accounting
+//! ([`flops`]), pruning schedules and the FLOPs of a pass computed from its
+//! counts ([`schedule`]), and HuggingFace checkpoints as they are published
+//! ([`hf`]: configs and name maps).
 
 pub mod config;
 pub mod flops;
 pub mod hf;
+pub mod presets;
 pub mod schedule;
 pub mod weights;
 

@@ -26,7 +26,7 @@ use crate::{Error, Result};
 
 /// Statistics of one layer of one stream, per sequence: (kept rows, active
 /// self-attention heads, active cross-attention heads). The same type as
-/// `reference::model::LayerStats`; a pass's statistics are indexed
+/// `pass::LayerStats`; a pass's statistics are indexed
 /// `[layer][stream]`.
 pub type LayerStats = (Vec<i32>, Vec<i32>, Vec<i32>);
 
