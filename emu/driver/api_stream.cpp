@@ -6,6 +6,7 @@
 // missing cross-stream join shows up as stale or NaN data. A capture records
 // the work instead, in call order (a valid topological order of the graph),
 // and a graph launch replays it as one operation.
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -77,6 +78,11 @@ EMU_EXPORT CUresult cuStreamDestroy_v2(CUstream hs) {
         invalidate(*s->capture, "a capturing stream was destroyed");
         if (s->capture->origin == s) {
             Capture* cap = s->capture;
+            if (cap->graph != nullptr) {
+                graphs().erase(cap->graph);
+                for (UserObject* o : cap->graph->objects) release(o, 1);
+                delete cap->graph;
+            }
             leave_capture(*cap);
             delete cap;
         } else {
@@ -196,7 +202,9 @@ EMU_EXPORT CUresult cuStreamGetCaptureInfo_v3(CUstream hs, CUstreamCaptureStatus
                                       : CU_STREAM_CAPTURE_STATUS_ACTIVE;
     }
     if (id != nullptr) *id = reinterpret_cast<uintptr_t>(s->capture);
-    if (graph != nullptr) *graph = nullptr;
+    if (graph != nullptr) {
+        *graph = s->capture != nullptr ? reinterpret_cast<CUgraph>(s->capture->graph) : nullptr;
+    }
     if (deps != nullptr) *deps = nullptr;
     if (edges != nullptr) *edges = nullptr;
     if (ndeps != nullptr) *ndeps = 0;
@@ -218,6 +226,8 @@ EMU_EXPORT CUresult cuStreamBeginCapture_v2(CUstream hs, CUstreamCaptureMode mod
     cap->origin = s;
     cap->mode = mode;
     cap->thread = std::this_thread::get_id();
+    cap->graph = new Graph();
+    graphs().insert(cap->graph);
     s->capture = cap;
     captures().insert(cap);
     return CUDA_SUCCESS;
@@ -251,11 +261,16 @@ EMU_EXPORT CUresult cuStreamEndCapture(CUstream hs, CUgraph* out) {
             }
         }
     }
+    Graph* g = cap->graph;
+    cap->graph = nullptr;
     if (r == CUDA_SUCCESS) {
-        auto* g = new Graph();
         g->nodes = std::move(cap->nodes);
-        graphs().insert(g);
         *out = reinterpret_cast<CUgraph>(g);
+    } else if (g != nullptr) {
+        // No graph for a failed capture: its user objects are released.
+        graphs().erase(g);
+        for (UserObject* o : g->objects) release(o, 1);
+        delete g;
     }
     leave_capture(*cap);
     delete cap;
@@ -389,6 +404,11 @@ EMU_EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec* out, CUgraph hg,
     if (g == nullptr) return CUDA_ERROR_INVALID_HANDLE;
     auto* x = new GraphExec();
     x->nodes = g->nodes;
+    // An executable graph holds its own references to the graph's objects.
+    for (UserObject* o : g->objects) {
+        ++o->refs;
+        x->objects.push_back(o);
+    }
     graph_execs().insert(x);
     *out = reinterpret_cast<CUgraphExec>(x);
     return CUDA_SUCCESS;
@@ -428,6 +448,7 @@ EMU_EXPORT CUresult cuGraphExecDestroy(CUgraphExec hx) {
     GraphExec* x = graph_exec_of(hx);
     if (x == nullptr) return CUDA_ERROR_INVALID_HANDLE;
     graph_execs().erase(x);
+    for (UserObject* o : x->objects) release(o, 1);
     delete x;
     return CUDA_SUCCESS;
 }
@@ -437,6 +458,69 @@ EMU_EXPORT CUresult cuGraphDestroy(CUgraph hg) {
     Graph* g = graph_of(hg);
     if (g == nullptr) return CUDA_ERROR_INVALID_HANDLE;
     graphs().erase(g);
+    for (UserObject* o : g->objects) release(o, 1);
     delete g;
+    return CUDA_SUCCESS;
+}
+
+// ---- user objects ----
+
+EMU_EXPORT CUresult cuUserObjectCreate(CUuserObject* out, void* ptr, CUhostFn destroy,
+                                       unsigned int initial, unsigned int flags) {
+    EMU_API("cuUserObjectCreate");
+    if (out == nullptr || destroy == nullptr || initial == 0 ||
+        flags != CU_USER_OBJECT_NO_DESTRUCTOR_SYNC) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    auto* o = new UserObject();
+    o->ptr = ptr;
+    o->destroy = destroy;
+    o->refs = initial;
+    user_objects().insert(o);
+    *out = reinterpret_cast<CUuserObject>(o);
+    return CUDA_SUCCESS;
+}
+
+EMU_EXPORT CUresult cuUserObjectRetain(CUuserObject obj, unsigned int count) {
+    EMU_API("cuUserObjectRetain");
+    auto* o = reinterpret_cast<UserObject*>(obj);
+    if (user_objects().count(o) == 0 || count == 0) return CUDA_ERROR_INVALID_VALUE;
+    o->refs += count;
+    return CUDA_SUCCESS;
+}
+
+EMU_EXPORT CUresult cuUserObjectRelease(CUuserObject obj, unsigned int count) {
+    EMU_API("cuUserObjectRelease");
+    auto* o = reinterpret_cast<UserObject*>(obj);
+    if (user_objects().count(o) == 0 || count == 0) return CUDA_ERROR_INVALID_VALUE;
+    release(o, count);
+    return CUDA_SUCCESS;
+}
+
+EMU_EXPORT CUresult cuGraphRetainUserObject(CUgraph hg, CUuserObject obj, unsigned int count,
+                                            unsigned int flags) {
+    EMU_API("cuGraphRetainUserObject");
+    Graph* g = graph_of(hg);
+    auto* o = reinterpret_cast<UserObject*>(obj);
+    if (g == nullptr || user_objects().count(o) == 0 || count == 0) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    // MOVE: the graph takes over `count` of the caller's references.
+    if ((flags & CU_GRAPH_USER_OBJECT_MOVE) == 0) o->refs += count;
+    for (unsigned i = 0; i < count; ++i) g->objects.push_back(o);
+    return CUDA_SUCCESS;
+}
+
+EMU_EXPORT CUresult cuGraphReleaseUserObject(CUgraph hg, CUuserObject obj, unsigned int count) {
+    EMU_API("cuGraphReleaseUserObject");
+    Graph* g = graph_of(hg);
+    auto* o = reinterpret_cast<UserObject*>(obj);
+    if (g == nullptr || user_objects().count(o) == 0) return CUDA_ERROR_INVALID_VALUE;
+    for (unsigned i = 0; i < count; ++i) {
+        auto it = std::find(g->objects.begin(), g->objects.end(), o);
+        if (it == g->objects.end()) return CUDA_ERROR_INVALID_VALUE;
+        g->objects.erase(it);
+        release(o, 1);
+    }
     return CUDA_SUCCESS;
 }

@@ -162,6 +162,26 @@ GraphExec* graph_exec_of(CUgraphExec g) {
     return graph_execs().count(ge) != 0 ? ge : nullptr;
 }
 
+// ---- user objects ----
+
+std::set<UserObject*>& user_objects() {
+    static auto* s = new std::set<UserObject*>();
+    return *s;
+}
+
+void release(UserObject* o, unsigned n) {
+    if (o == nullptr || user_objects().count(o) == 0) return;
+    o->refs = n >= o->refs ? 0 : o->refs - n;
+    if (o->refs == 0) {
+        user_objects().erase(o);
+        // The driver calls destructors outside any API call of the caller's;
+        // here that is during the releasing call, under the driver lock (a
+        // destructor must not call CUDA anyway).
+        if (o->destroy != nullptr) o->destroy(o->ptr);
+        delete o;
+    }
+}
+
 // ---- faults ----
 
 void fault(Context& ctx, CUresult code, const std::string& message) {

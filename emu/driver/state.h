@@ -44,6 +44,7 @@ void say(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 struct Context;
 struct Stream;
 struct Capture;
+struct Graph;
 
 // One operation on a stream: runs when the stream is drained up to it, after
 // its prerequisites (other streams drained up to a point).
@@ -87,6 +88,9 @@ struct Capture {
     std::string why_invalid;
     std::vector<Node> nodes;
     std::set<Stream*> joined;
+    // The graph the capture builds (cuStreamGetCaptureInfo hands it out, so
+    // user objects can be retained on it); its nodes are filled at the end.
+    Graph* graph = nullptr;
 };
 
 struct Event {
@@ -125,12 +129,26 @@ struct Module {
     std::map<std::string, std::unique_ptr<Function>> functions;
 };
 
+// A CUDA user object: a reference count and a destructor the driver calls
+// when the count reaches zero (references held by graphs and the caller).
+struct UserObject {
+    void* ptr = nullptr;
+    CUhostFn destroy = nullptr;
+    unsigned refs = 0;
+};
+
+// Drops `n` references of `o` (running its destructor at zero).
+void release(UserObject* o, unsigned n);
+std::set<UserObject*>& user_objects();
+
 struct Graph {
     std::vector<Node> nodes;
+    std::vector<UserObject*> objects;  // one entry per reference held
 };
 
 struct GraphExec {
     std::vector<Node> nodes;
+    std::vector<UserObject*> objects;  // one entry per reference held
 };
 
 struct Context {

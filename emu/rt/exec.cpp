@@ -663,24 +663,25 @@ size_t out_words(int kind) {
 
 class Pool {
   public:
-    // Runs fn on `threads` OS threads (the caller is one of them) and waits.
+    // Runs fn on `threads` of the pool's worker threads and waits. The
+    // caller (a host thread inside a driver call) runs no block itself: only
+    // the pool's threads ever hold fiber stacks and kernel shared memory, so
+    // their number stays bounded however many host threads call the driver.
     void run(int threads, const std::function<void()>& fn) {
         std::lock_guard<std::mutex> serial(run_mutex_);
-        const int extra = threads - 1;
         {
             std::unique_lock<std::mutex> lk(m_);
-            while (static_cast<int>(started_) < extra) {
+            while (static_cast<int>(started_) < threads) {
                 std::thread([this] { loop(); }).detach();
                 ++started_;
             }
             job_ = &fn;
-            want_ = extra;
+            want_ = threads;
             taken_ = 0;
-            remaining_ = extra;
+            remaining_ = threads;
             ++gen_;
         }
         cv_.notify_all();
-        fn();
         std::unique_lock<std::mutex> lk(m_);
         done_cv_.wait(lk, [this] { return remaining_ == 0; });
         job_ = nullptr;
