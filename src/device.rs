@@ -224,21 +224,38 @@ impl Device {
     /// event tracking switched off, so the buffers carry no read/write
     /// events. smarttrim orders all use of its own buffers by stream order
     /// (and explicit events where it changes streams), and events recorded
-    /// outside a CUDA-graph capture must not be waited on inside one. The
-    /// switch is context-wide while `f` runs: buffers another thread
-    /// allocates on this context meanwhile are untracked too.
+    /// outside a CUDA-graph capture must not be waited on inside one.
+    ///
+    /// cudarc's switch belongs to the `CudaContext` object (every clone of
+    /// its `Arc`), not to the driver's context: two objects opened on one
+    /// device switch separately. Overlapping calls (nested, or on several
+    /// threads) share one scope per object: the first to enter switches
+    /// tracking off, the last to leave restores what was there before the
+    /// first (also when `f` panics). Buffers another thread allocates
+    /// through the same object directly while a scope is open are
+    /// untracked too.
     pub(crate) fn untracked<T>(&self, f: impl FnOnce() -> T) -> T {
-        let was = self.ctx.is_event_tracking();
-        // SAFETY: turning tracking off only stops cudarc from recording
-        // ordering events on buffers created meanwhile; smarttrim orders
-        // every use of those buffers itself (module docs of crate::model).
-        unsafe { self.ctx.disable_event_tracking() };
-        let out = f();
-        if was {
-            // SAFETY: restores the caller's setting.
-            unsafe { self.ctx.enable_event_tracking() };
-        }
-        out
+        let _scope = UntrackedScope::enter(&self.ctx);
+        f()
+    }
+
+    /// Runs `f` with cudarc's per-buffer event tracking off on this
+    /// device's context, for buffers of the caller's that will be used
+    /// inside a CUDA-graph capture (where an event recorded outside the
+    /// capture cannot be waited on) or handed to
+    /// [`crate::model::GpuModel::forward_device`]. It shares smarttrim's own
+    /// scope ([`Device::untracked`]), so the two never switch tracking back
+    /// on under each other; call this instead of cudarc's
+    /// `disable_event_tracking` / `enable_event_tracking` when smarttrim
+    /// runs on other threads of the process.
+    ///
+    /// # Safety
+    ///
+    /// Buffers created inside carry no ordering events: the caller orders
+    /// every use of them across streams itself (cudarc's
+    /// `disable_event_tracking` contract).
+    pub unsafe fn without_event_tracking<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.untracked(f)
     }
 
     /// Whether the stream is being captured into a CUDA graph.
@@ -421,6 +438,56 @@ fn sync_each_launch() -> bool {
     })
 }
 
+/// One open [`Device::untracked`] scope of a context (see there).
+struct UntrackedScope {
+    ctx: Arc<CudaContext>,
+}
+
+/// Per `CudaContext` object (its address: cudarc keeps the tracking switch
+/// in the object, and two objects opened on one device's primary context
+/// switch separately): open scopes, and whether tracking was on before the
+/// first.
+fn untracked_scopes() -> &'static Mutex<HashMap<usize, (usize, bool)>> {
+    static SCOPES: std::sync::OnceLock<Mutex<HashMap<usize, (usize, bool)>>> =
+        std::sync::OnceLock::new();
+    SCOPES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+impl UntrackedScope {
+    fn enter(ctx: &Arc<CudaContext>) -> Self {
+        let mut scopes = lock(untracked_scopes());
+        let e = scopes
+            .entry(Arc::as_ptr(ctx) as usize)
+            .or_insert((0, false));
+        if e.0 == 0 {
+            e.1 = ctx.is_event_tracking();
+            // SAFETY: turning tracking off only stops cudarc from recording
+            // ordering events on buffers created meanwhile; smarttrim orders
+            // every use of those buffers itself (module docs of crate::model).
+            unsafe { ctx.disable_event_tracking() };
+        }
+        e.0 += 1;
+        UntrackedScope { ctx: ctx.clone() }
+    }
+}
+
+impl Drop for UntrackedScope {
+    fn drop(&mut self) {
+        let mut scopes = lock(untracked_scopes());
+        let key = Arc::as_ptr(&self.ctx) as usize;
+        if let Some(e) = scopes.get_mut(&key) {
+            e.0 -= 1;
+            if e.0 == 0 {
+                if e.1 {
+                    // SAFETY: restores the setting the first scope found.
+                    unsafe { self.ctx.enable_event_tracking() };
+                }
+                scopes.remove(&key);
+            }
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned cache only means another thread panicked mid-insert; the map
     // itself is still consistent (inserts are single calls).
@@ -476,5 +543,94 @@ impl<T> Drop for ForeignSlice<T> {
         let s = unsafe { std::mem::ManuallyDrop::take(&mut self.slice) };
         // Forget the pointer instead of freeing the caller's memory.
         let _ = s.leak();
+    }
+}
+
+/// Pins `counters` to the CUDA graph being captured on `stream`, if it is
+/// being captured: each counter goes up by one now and down by one when the
+/// driver destroys the graph and every executable graph made from it (a CUDA
+/// user object owned by the graph). Returns whether a capture was active.
+///
+/// smarttrim uses it so that a caller's graph recording a pass keeps the
+/// model's and workspace's memory from being freed or replaced
+/// ([`crate::model::Workspace::graph_pins`]).
+pub(crate) fn pin_to_capture(
+    stream: &CudaStream,
+    counters: Vec<Arc<std::sync::atomic::AtomicUsize>>,
+) -> Result<bool> {
+    use std::sync::atomic::Ordering;
+    let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+    let mut id: sys::cuuint64_t = 0;
+    let mut graph: sys::CUgraph = std::ptr::null_mut();
+    let mut deps: *const sys::CUgraphNode = std::ptr::null();
+    let mut edges: *const sys::CUgraphEdgeData = std::ptr::null();
+    let mut ndeps: usize = 0;
+    // SAFETY: a live stream of a live context; every out pointer is a valid
+    // local.
+    unsafe {
+        sys::cuStreamGetCaptureInfo_v3(
+            stream.cu_stream(),
+            &mut status,
+            &mut id,
+            &mut graph,
+            &mut deps,
+            &mut edges,
+            &mut ndeps,
+        )
+    }
+    .result()
+    .map_err(|e| Error::driver("cuStreamGetCaptureInfo", e))?;
+    if status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE || graph.is_null() {
+        return Ok(false);
+    }
+    for c in &counters {
+        c.fetch_add(1, Ordering::AcqRel);
+    }
+    let data = Box::into_raw(Box::new(counters)).cast::<std::ffi::c_void>();
+    let mut obj: sys::CUuserObject = std::ptr::null_mut();
+    // SAFETY: `data` is a leaked Box that `unpin` reclaims exactly once, when
+    // the driver destroys the object; `unpin` calls no CUDA function.
+    let created = unsafe {
+        sys::cuUserObjectCreate(
+            &mut obj,
+            data,
+            Some(unpin),
+            1,
+            sys::CUuserObject_flags::CU_USER_OBJECT_NO_DESTRUCTOR_SYNC as u32,
+        )
+    }
+    .result();
+    if let Err(e) = created {
+        // SAFETY: the object was not created: `data` is still ours.
+        unsafe { unpin(data) };
+        return Err(Error::driver("cuUserObjectCreate", e));
+    }
+    // SAFETY: `graph` is the capture's graph (live while the capture is);
+    // MOVE hands the object's one reference to it.
+    let retained = unsafe {
+        sys::cuGraphRetainUserObject(
+            graph,
+            obj,
+            1,
+            sys::CUuserObjectRetain_flags::CU_GRAPH_USER_OBJECT_MOVE as u32,
+        )
+    }
+    .result();
+    if let Err(e) = retained {
+        // SAFETY: the reference is still ours; releasing it runs `unpin`.
+        let _ = unsafe { sys::cuUserObjectRelease(obj, 1) };
+        return Err(Error::driver("cuGraphRetainUserObject", e));
+    }
+    Ok(true)
+}
+
+/// The destructor of [`pin_to_capture`]'s user object.
+unsafe extern "C" fn unpin(data: *mut std::ffi::c_void) {
+    // SAFETY: `data` came from Box::into_raw in pin_to_capture and the
+    // driver calls the destructor once.
+    let counters =
+        unsafe { Box::from_raw(data.cast::<Vec<Arc<std::sync::atomic::AtomicUsize>>>()) };
+    for c in counters.iter() {
+        c.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }

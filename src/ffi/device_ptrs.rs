@@ -234,7 +234,9 @@ pub unsafe extern "C" fn smarttrim_forward_device(
             stats,
             device_pass,
         } = &mut *live;
-        let ws = workspace.as_mut().expect("checked above");
+        let ws = workspace
+            .as_mut()
+            .ok_or_else(|| fail(SmarttrimStatus::InvalidArgument, "no workspace"))?;
         *stats = None;
         *device_pass = None;
         let pass = model.forward_device(

@@ -188,6 +188,10 @@ pub unsafe extern "C" fn smarttrim_model_create_from_memory(
 pub extern "C" fn smarttrim_model_destroy(model: *mut SmarttrimModel) -> c_int {
     guard(|| {
         nonnull(model, "model")?;
+        // A caller's graph still using the model keeps the handle alive.
+        if let Some(h) = registry().get(&handle_id(model)).cloned() {
+            super::workspace::check_unpinned(&lock(&h), "smarttrim_model_destroy")?;
+        }
         let removed = registry().remove(&handle_id(model));
         match removed {
             // Dropped here, or by the last call still holding it.

@@ -61,14 +61,17 @@ unsafe fn read_packed(
 ///
 /// - `stream`: the caller's `CUstream` (NULL: no ordering with the caller).
 ///   It must belong to the device's primary context (as CUDA runtime API
-///   streams do). The pass runs on the model's own stream after the work
+///   streams do). The pass runs on the workspace's own stream after the work
 ///   enqueued on `stream` so far; the call returns when the pass is done.
 /// - `inputs`: `n_inputs` entries, one per config stream, in config order.
 /// - `context`: a cross encoder's context rows (NULL for other models).
 /// - `flags`: `SMARTTRIM_FORWARD_DENSE`, `SMARTTRIM_FORWARD_UPPER_BOUND`.
 ///
 /// The workspace is allocated on the first pass and grown when a batch
-/// needs more. Statistics: [`smarttrim_stats`].
+/// needs more (a new one allocated before the old one goes, so a failure
+/// leaves the old one; never one in caller memory, which is an
+/// `INVALID_ARGUMENT` instead; never while a caller's CUDA graph uses it).
+/// Statistics: [`smarttrim_stats`].
 ///
 /// # Safety
 ///
@@ -142,14 +145,32 @@ pub unsafe extern "C" fn smarttrim_forward(
             None => true,
         };
         if grow {
+            if let Some(ws) = &live.workspace {
+                if ws.foreign {
+                    // The caller's memory: never replaced behind its back.
+                    return Err(invalid(format!(
+                        "this pass needs a larger workspace than the one in caller memory \
+                         (smarttrim_model_set_workspace, {:?}); give it more memory, or \
+                         smarttrim_model_reserve",
+                        ws.capacity
+                    )));
+                }
+            }
+            super::workspace::check_unpinned(&live, "smarttrim_forward (growing the workspace)")?;
             let cap = match &live.workspace {
                 Some(ws) => merge(&ws.capacity, &need),
                 None => need,
             };
-            live.workspace = None;
+            // The new workspace first (validated and allocated): a failure
+            // leaves the old one, and the last statistics, in place.
             let ws = Workspace::new(&live.model, cap)?;
+            live.device_pass = None;
             live.workspace = Some(ws);
         }
+        let ws_stream = match &live.workspace {
+            Some(ws) => ws.stream.clone(),
+            None => return Err(invalid("no workspace".into())),
+        };
         if !stream.is_null() {
             let ctx = live.model.device().context().clone();
             // SAFETY: the caller promises `stream` is a live CUstream of this
@@ -157,9 +178,8 @@ pub unsafe extern "C" fn smarttrim_forward(
             // wrapper is borrowed (never destroys it) and dropped before
             // returning.
             let theirs = unsafe { ctx.wrap_borrowed_stream(stream.cast()) };
-            live.model
-                .device()
-                .stream()
+            // The pass runs on the workspace's stream (GpuModel::forward).
+            ws_stream
                 .join(&theirs)
                 .map_err(|e| Error::driver("ordering after the caller's stream", e))?;
         }
@@ -170,7 +190,9 @@ pub unsafe extern "C" fn smarttrim_forward(
             stats,
             device_pass,
         } = &mut *live;
-        let ws = workspace.as_mut().expect("allocated above");
+        let ws = workspace
+            .as_mut()
+            .ok_or_else(|| fail(SmarttrimStatus::InvalidArgument, "no workspace"))?;
         *stats = None;
         *device_pass = None;
         let out = model.forward(ws, &inputs, &opts)?;

@@ -83,10 +83,12 @@ pub unsafe extern "C" fn smarttrim_stats(
                             .wrap_borrowed_stream((*stream as *mut c_void).cast())
                     }
                 };
-                let ws = live
-                    .workspace
-                    .as_ref()
-                    .expect("a device pass had a workspace");
+                let ws = live.workspace.as_ref().ok_or_else(|| {
+                    fail(
+                        SmarttrimStatus::InvalidArgument,
+                        "the workspace of the last device pass is gone; run a pass again",
+                    )
+                })?;
                 let per_layer = live.model.device_pass_stats(&st, ws, pass)?;
                 let batch = per_layer
                     .first()

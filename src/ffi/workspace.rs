@@ -31,9 +31,11 @@ pub unsafe extern "C" fn smarttrim_model_reserve(
         let cfg = live.model.config().clone();
         // SAFETY: non-null; the caller promises one entry per stream (+ context).
         let cap = unsafe { read_capacity(&cfg, max_batch, max_seqlen_per_stream)? };
-        live.workspace = None;
-        live.device_pass = None;
+        check_unpinned(&live, "smarttrim_model_reserve")?;
+        // The new workspace first: a failure leaves the old one in place. The
+        // old one's memory is freed after its last pass (stream order).
         let ws = Workspace::new(&live.model, cap)?;
+        live.device_pass = None;
         live.workspace = Some(ws);
         Ok(())
     })
@@ -75,13 +77,43 @@ pub unsafe extern "C" fn smarttrim_model_set_workspace(
         let cfg = live.model.config().clone();
         // SAFETY: non-null; the caller promises one entry per stream (+ context).
         let cap = unsafe { read_capacity(&cfg, max_batch, max_seqlen_per_stream)? };
-        live.workspace = None;
-        live.device_pass = None;
+        check_unpinned(&live, "smarttrim_model_set_workspace")?;
         let dev = live.model.device();
         // SAFETY: the caller's contract above; the wrapper never frees it.
         let mem = unsafe { crate::device::ForeignSlice::<u8>::new(dev, ptr, bytes) };
+        // The new workspace first: a failure leaves the old one in place.
         let ws = Workspace::in_memory(&live.model, cap, mem)?;
+        live.device_pass = None;
         live.workspace = Some(ws);
         Ok(())
     })
+}
+
+/// Refuses (`INVALID_ARGUMENT`) to free or replace a workspace, or the
+/// model, while CUDA graphs the caller recorded with
+/// [`smarttrim_forward_device`] still use them
+/// ([`crate::model::Workspace::graph_pins`]). The driver releases a graph's
+/// pins shortly after the graph and its executable graphs are destroyed
+/// (asynchronously), so a release is waited for a moment first.
+pub(super) fn check_unpinned(live: &Live, what: &str) -> Result<(), Fail> {
+    let pins = || {
+        live.model
+            .graph_pins()
+            .max(live.workspace.as_ref().map_or(0, |w| w.graph_pins()))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    while pins() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    match pins() {
+        0 => Ok(()),
+        n => Err(fail(
+            SmarttrimStatus::InvalidArgument,
+            format!(
+                "{what}: {n} CUDA graph(s) recorded with smarttrim_forward_device still use this \
+                 model's workspace and weights; destroy them (and every executable graph \
+                 instantiated from them) first"
+            ),
+        )),
+    }
 }

@@ -31,7 +31,9 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::f16;
 
-use super::forward::{drv, linear, upload_stream, ContextShape, Lin, PassEnd, PassShape, Source};
+use super::forward::{
+    drv, linear, pass_device_ms, upload_stream, ContextShape, Lin, PassEnd, PassShape, Source,
+};
 use super::input::validate_inputs;
 use super::layout::WorkspaceLayout;
 use super::weights::{padded, DevHead, GpuModel};
@@ -409,11 +411,7 @@ impl GpuModel {
             t.dense += hf;
         }
         let logits = self.read_logits(&dev, ws.head.as_ref(), batch)?;
-        let device_ms = ws
-            .events
-            .0
-            .elapsed_ms(&ws.events.1)
-            .map_err(drv("reading the pass's device time"))?;
+        let device_ms = pass_device_ms(ws)?;
         Ok(GpuOutputs {
             streams,
             syncs,

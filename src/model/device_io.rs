@@ -18,7 +18,7 @@ use half::f16;
 use super::forward::{PassEnd, PassShape, Source};
 use super::layout::WorkspaceLayout;
 use super::weights::GpuModel;
-use super::workspace::Workspace;
+use super::workspace::{PassScope, Workspace};
 use super::GpuForwardOptions;
 use crate::ops::seq_positions;
 use crate::pass::LayerStats;
@@ -254,6 +254,14 @@ impl GpuModel {
                  budget-rule token pruners only",
             ));
         }
+        // Outside a capture: ordered after the workspace's previous pass,
+        // and its last use recorded at the end. Inside the caller's capture:
+        // the caller's graph pins the workspace and the model until the
+        // driver destroys the graph (Workspace::graph_pins).
+        let scope = PassScope::begin(ws, stream, capturing)?;
+        if capturing {
+            crate::device::pin_to_capture(stream, vec![ws.pins.clone(), self.pins.clone()])?;
+        }
         let shape = PassShape {
             batch,
             lengths,
@@ -330,6 +338,7 @@ impl GpuModel {
                 .map_err(|e| Error::driver("copying cu_seqlens", e))?;
             row_bounds.push(rows);
         }
+        scope.finish()?;
         Ok(DevicePass {
             syncs: end.syncs(),
             graph: own_graph,

@@ -443,6 +443,24 @@ pub struct GpuModel {
     /// The task head, if the config has one.
     pub(crate) head: Option<DevHead>,
     weight_bytes: usize,
+    /// CUDA graphs of the caller's that hold this model's weight addresses
+    /// (see [`GpuModel::graph_pins`]).
+    pub(crate) pins: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for GpuModel {
+    fn drop(&mut self) {
+        // Every pass ordered the model's stream after itself (PassScope), so
+        // the weights' frees, enqueued there, follow every pass. A weight a
+        // caller's graph still reads is leaked instead (graph_pins).
+        if self.graph_pins() > 0 {
+            std::mem::forget(std::mem::take(&mut self.streams));
+            std::mem::forget(self.head.take());
+            for s in &self.stages {
+                s.pins.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for GpuModel {
@@ -577,11 +595,22 @@ fn upload_model(dev: Device, weights: &Weights, cfg: &ModelConfig) -> Result<Gpu
             head,
             weight_bytes,
             dev,
+            pins: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
     }
 }
 
 impl GpuModel {
+    /// CUDA graphs of the caller's that still hold this model's weight
+    /// addresses: each [`GpuModel::forward_device`] recorded inside the
+    /// caller's stream capture pins the model (and the workspace) to that
+    /// graph until the graph and every executable graph made from it are
+    /// destroyed. Dropping a pinned model leaks its weights rather than
+    /// freeing memory a graph may still read.
+    pub fn graph_pins(&self) -> usize {
+        self.pins.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The model's config.
     pub fn config(&self) -> &ModelConfig {
         &self.config

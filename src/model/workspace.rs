@@ -3,9 +3,12 @@
 //! names (module `layout`), or carves them from the caller's memory.
 
 use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits,
+};
 use half::f16;
 
 use super::layout::{align_up, stage_capacity, Capacity, WorkspaceLayout, ARENA_ALIGN, OP};
@@ -88,7 +91,8 @@ pub struct Workspace {
     pub(crate) foreign: bool,
     /// Keeps the caller's memory region named while the workspace lives.
     pub(crate) arena: Option<ForeignSlice<u8>>,
-    pub(crate) blas: BlasWorkspace,
+    /// The cuBLASLt workspace (leaked instead of freed while pinned).
+    pub(crate) blas: ManuallyDrop<BlasWorkspace>,
     /// Timing events recorded around each pass's device work.
     pub(crate) events: (cudarc::driver::CudaEvent, cudarc::driver::CudaEvent),
     /// Captured passes, most recently used last (see [`crate::model`]).
@@ -97,6 +101,25 @@ pub struct Workspace {
     pub(crate) head: Option<HeadWs>,
     /// A whole model's stages' workspaces (empty for a basic model).
     pub(crate) stages: Vec<Workspace>,
+    /// The workspace's own stream: [`GpuModel::forward`] runs there, and
+    /// every CUDA graph of the workspace is captured there (a private stream:
+    /// no other thread's work can land in the capture).
+    pub(crate) stream: Arc<CudaStream>,
+    /// The stream the buffers were allocated on (the model's): their frees
+    /// are enqueued there.
+    pub(crate) alloc_stream: Arc<CudaStream>,
+    /// The context the buffers belong to.
+    pub(crate) ctx: Arc<CudaContext>,
+    /// Recorded at the end of every pass (also one that failed midway) on
+    /// the stream it ran on; the next pass on any stream, and the frees of
+    /// the buffers, are ordered after it ([`PassScope`]).
+    pub(crate) last_use: Arc<CudaEvent>,
+    /// Whether `last_use` has been recorded.
+    pub(crate) used: bool,
+    /// CUDA graphs of the caller's (recorded with
+    /// [`GpuModel::forward_device`] inside the caller's capture) that still
+    /// hold this workspace's buffer addresses.
+    pub(crate) pins: Arc<AtomicUsize>,
 }
 
 /// At most this many captured graphs are kept per workspace; the least
@@ -129,6 +152,17 @@ pub(crate) struct GraphEntry {
 unsafe impl Send for GraphEntry {}
 
 impl Workspace {
+    /// CUDA graphs of the caller's that still refer to this workspace: each
+    /// [`GpuModel::forward_device`] recorded inside the caller's stream
+    /// capture pins the workspace (and the model) to that graph until the
+    /// graph and every executable graph instantiated from it are destroyed
+    /// (the driver tells smarttrim through a CUDA user object). Dropping a
+    /// pinned workspace leaks its device memory rather than freeing
+    /// addresses a graph may still write.
+    pub fn graph_pins(&self) -> usize {
+        self.pins.load(Ordering::Acquire)
+    }
+
     /// Number of CUDA graphs currently cached (a whole model's: one per
     /// stage and shape).
     pub fn cached_graphs(&self) -> usize {
@@ -200,20 +234,54 @@ impl Arena {
     }
 }
 
-fn timing_events(model: &GpuModel) -> Result<(CudaEvent, CudaEvent)> {
-    let ctx = model.device().context();
-    let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-    let ev = || {
-        ctx.new_event(timed)
-            .map_err(|e| Error::driver("creating a timing event", e))
-    };
-    Ok((ev()?, ev()?))
+/// A workspace's library-owned parts (no caller memory): made first, so a
+/// failure leaves no carved buffer behind.
+struct OwnParts {
+    blas: BlasWorkspace,
+    /// Timing events recorded around each pass's device work.
+    events: (CudaEvent, CudaEvent),
+    /// The workspace's own stream.
+    stream: Arc<CudaStream>,
+    /// Its last-use event (no timing).
+    last_use: Arc<CudaEvent>,
+}
+
+impl OwnParts {
+    fn new(model: &GpuModel) -> Result<Self> {
+        let ctx = model.device().context();
+        let blas = BlasWorkspace::new(model.device())?;
+        let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let ev = || {
+            ctx.new_event(timed)
+                .map_err(|e| Error::driver("creating a timing event", e))
+        };
+        let events = (ev()?, ev()?);
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| Error::driver("creating the workspace's stream", e))?;
+        let last_use = ctx
+            .new_event(None)
+            .map_err(|e| Error::driver("creating the workspace's last-use event", e))?;
+        Ok(OwnParts {
+            blas,
+            events,
+            stream,
+            last_use: Arc::new(last_use),
+        })
+    }
 }
 
 impl Drop for Workspace {
     fn drop(&mut self) {
         // Graphs first: they name the buffers (destroying them reads none).
         self.graphs.clear();
+        // The frees below go to the allocation stream: order them after the
+        // last pass, whichever stream it ran on. (A failure here means the
+        // context is lost; the frees then fail too.)
+        if self.used {
+            let _ = self.alloc_stream.wait(&self.last_use);
+        }
+        let pinned = self.graph_pins() > 0;
         let streams = std::mem::take(&mut self.streams);
         // SAFETY: each ManuallyDrop field is taken exactly once, here, and
         // the workspace is not used afterwards.
@@ -225,7 +293,7 @@ impl Drop for Workspace {
                 ManuallyDrop::take(&mut self.stats),
             )
         };
-        if self.foreign {
+        if self.foreign || pinned {
             if let Some(h) = self.head.take() {
                 h.forget();
             }
@@ -233,6 +301,92 @@ impl Drop for Workspace {
                 w.forget();
             }
             let _ = (cr.leak(), cc.leak(), t.leak(), st.leak());
+        }
+        if pinned {
+            // A caller's graph still writes these buffers and the cuBLASLt
+            // workspace: leak them (graph_pins).
+            for s in &self.stages {
+                s.pins.fetch_add(1, Ordering::AcqRel);
+            }
+        } else {
+            // SAFETY: taken exactly once, here; the workspace is not used
+            // afterwards.
+            unsafe { ManuallyDrop::drop(&mut self.blas) };
+        }
+    }
+}
+
+/// One pass's use of a workspace on a stream: waits for the workspace's
+/// previous pass (whatever stream it ran on) before the pass, and records
+/// the workspace's last use when the pass is over — on success or on an
+/// error midway — then orders the model's stream after it (so frees of the
+/// workspace and of the model's weights never precede the pass). Inside a
+/// caller's capture neither happens: a captured pass runs when the caller
+/// launches the graph, and the graph pins the workspace instead.
+pub(crate) struct PassScope {
+    stream: Arc<CudaStream>,
+    last_use: Arc<CudaEvent>,
+    alloc_stream: Arc<CudaStream>,
+    capturing: bool,
+    done: bool,
+}
+
+impl PassScope {
+    /// Starts a pass of `ws` on `stream` (`capturing`: the stream is being
+    /// captured by the caller).
+    pub(crate) fn begin(
+        ws: &mut Workspace,
+        stream: &Arc<CudaStream>,
+        capturing: bool,
+    ) -> Result<Self> {
+        if *ws.ctx != **stream.context() {
+            return Err(Error::invalid(
+                OP,
+                "the workspace belongs to another CUDA context (device) than the stream",
+            ));
+        }
+        if !capturing {
+            if ws.used {
+                stream
+                    .wait(&ws.last_use)
+                    .map_err(|e| Error::driver("ordering after the workspace's last pass", e))?;
+            }
+            ws.used = true;
+        }
+        Ok(PassScope {
+            stream: stream.clone(),
+            last_use: ws.last_use.clone(),
+            alloc_stream: ws.alloc_stream.clone(),
+            capturing,
+            done: false,
+        })
+    }
+
+    /// Ends the pass (its work all enqueued).
+    pub(crate) fn finish(mut self) -> Result<()> {
+        self.done = true;
+        self.record()
+    }
+
+    fn record(&self) -> Result<()> {
+        if self.capturing {
+            return Ok(());
+        }
+        self.last_use
+            .record(&self.stream)
+            .map_err(|e| Error::driver("recording the workspace's last use", e))?;
+        self.alloc_stream
+            .wait(&self.last_use)
+            .map_err(|e| Error::driver("ordering the model's stream after the pass", e))
+    }
+}
+
+impl Drop for PassScope {
+    fn drop(&mut self) {
+        if !self.done {
+            // A pass that failed midway: whatever it enqueued is still
+            // ordered before the next pass and the frees.
+            let _ = self.record();
         }
     }
 }
@@ -388,8 +542,7 @@ impl Workspace {
         drop(_guard);
         // Library-owned parts first: a failure here leaves no carved buffer
         // behind (carved buffers must never reach cudarc's free).
-        let blas = BlasWorkspace::new(dev)?;
-        let events = timing_events(model)?;
+        let own = OwnParts::new(model)?;
         // Zero the whole region once (every buffer starts zeroed, as
         // allocated ones do).
         // SAFETY: `mem` covers `need` bytes from `base` (checked above;
@@ -406,8 +559,7 @@ impl Workspace {
                 &layout,
                 capacity,
                 &|n, size| arena.carve(n, size),
-                blas,
-                events,
+                own,
                 true,
             )
         });
@@ -421,15 +573,13 @@ impl Workspace {
     fn alloc(model: &GpuModel, capacity: Capacity) -> Result<Self> {
         let layout = WorkspaceLayout::new(model.config(), &capacity)?;
         let stream = model.device().stream();
-        let blas = BlasWorkspace::new(model.device())?;
-        let events = timing_events(model)?;
+        let own = OwnParts::new(model)?;
         let mut ws = Self::build(
             stream,
             &layout,
             capacity.clone(),
             &|n, _| Ok(Region::Own(n)),
-            blas,
-            events,
+            own,
             false,
         )?;
         ws.fill_ones(stream)?;
@@ -447,8 +597,7 @@ impl Workspace {
         layout: &WorkspaceLayout,
         capacity: Capacity,
         region: &dyn Fn(usize, usize) -> Result<Region>,
-        blas: BlasWorkspace,
-        events: (CudaEvent, CudaEvent),
+        own: OwnParts,
         foreign: bool,
     ) -> Result<Self> {
         let stream = stream.clone();
@@ -542,11 +691,17 @@ impl Workspace {
             stats: ManuallyDrop::new(stats),
             foreign,
             arena: None,
-            blas,
-            events,
+            blas: ManuallyDrop::new(own.blas),
+            events: own.events,
             graphs: Vec::new(),
             head,
             stages: Vec::new(),
+            ctx: stream.context().clone(),
+            alloc_stream: stream.clone(),
+            stream: own.stream,
+            last_use: own.last_use,
+            used: false,
+            pins: Arc::new(AtomicUsize::new(0)),
         })
     }
 

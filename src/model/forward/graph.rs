@@ -49,16 +49,25 @@ impl GpuModel {
             return Ok(end);
         }
         let end = self.enqueue(dev, ws, shape, opts)?;
-        let stream = dev.stream();
+        // Captured on the workspace's own stream, never the caller's: a
+        // capture records everything enqueued on its stream, whichever
+        // thread enqueues it. The capture executes nothing; the graph is
+        // then launched on the pass's stream.
+        let stream = ws.stream.clone();
+        let cap_dev = dev.on_stream(stream.clone())?;
         stream
             .begin_capture(
                 cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
             )
             .map_err(drv("beginning the graph capture"))?;
-        let captured = self.enqueue(dev, ws, shape, opts);
-        // Always end the capture, so the stream is usable again whatever
-        // happened inside.
-        let graph = stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+        // Ends the capture even if the enqueue panics, so the stream is not
+        // left capturing.
+        let capture = CaptureGuard {
+            stream: &stream,
+            open: true,
+        };
+        let captured = self.enqueue(&cap_dev, ws, shape, opts);
+        let graph = capture.end();
         let captured_end = captured?;
         let graph = graph
             .map_err(drv("ending the graph capture"))?
@@ -74,5 +83,32 @@ impl GpuModel {
             },
         ));
         Ok(end)
+    }
+}
+
+/// An open stream capture, ended when dropped (discarding its graph) unless
+/// [`CaptureGuard::end`] ended it.
+struct CaptureGuard<'a> {
+    stream: &'a std::sync::Arc<cudarc::driver::CudaStream>,
+    open: bool,
+}
+
+impl CaptureGuard<'_> {
+    fn end(
+        mut self,
+    ) -> std::result::Result<Option<cudarc::driver::CudaGraph>, cudarc::driver::DriverError> {
+        self.open = false;
+        self.stream
+            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+    }
+}
+
+impl Drop for CaptureGuard<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self
+                .stream
+                .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+        }
     }
 }

@@ -14,7 +14,7 @@
 //! - [`buffers`]: how the pass finds its buffers in the workspace;
 //! - [`launch`]: launch helpers (driver errors, linear, LayerNorm);
 //! - [`graph`]: the CUDA graph cache (capture once per shape, replay);
-//! - [`readback`]: the one wait at the end and the results on the host;
+//! - [`readback`]: a finished pass's results on the host;
 //! - [`flops`]: FLOPs accounting from the pass's statistics.
 
 use std::sync::Arc;
@@ -25,8 +25,9 @@ use half::f16;
 use super::input::validate_inputs;
 use super::layout::WorkspaceLayout;
 use super::weights::GpuModel;
-use super::workspace::Workspace;
+use super::workspace::{PassScope, Workspace};
 use super::{GpuForwardOptions, GpuOutputs, SyncPolicy};
+use crate::device::Device;
 use crate::pass::Inputs;
 use crate::spec::KeepRule;
 use crate::{Error, Result};
@@ -44,6 +45,7 @@ mod shape;
 mod upload;
 
 pub(in crate::model) use launch::{drv, linear, Lin};
+pub(in crate::model) use readback::pass_device_ms;
 pub(crate) use shape::{ContextShape, PassEnd, PassShape, Source};
 pub(in crate::model) use upload::upload_stream;
 
@@ -59,7 +61,10 @@ impl GpuModel {
         inputs: &Inputs,
         opts: &GpuForwardOptions,
     ) -> Result<GpuOutputs> {
-        self.forward_on(self.dev.stream(), ws, inputs, opts)
+        // The workspace's own stream: passes of one model on several
+        // threads (each with its workspace) never share a stream.
+        let stream = ws.stream.clone();
+        self.forward_on(&stream, ws, inputs, opts)
     }
 
     /// Runs the forward pass on `stream` (any stream of the model's context,
@@ -74,10 +79,13 @@ impl GpuModel {
     /// workspace made for another model or too small for the inputs is an
     /// [`Error::InvalidArgument`], and so is
     /// `opts.graph` with a pass that must wait inside
-    /// ([`GpuModel::graph_capturable`]). A workspace must not be used by two
-    /// passes at once (the `&mut` enforces it within one process thread; a
-    /// caller switching streams between passes needs no extra ordering,
-    /// because every pass ends with its stream idle).
+    /// ([`GpuModel::graph_capturable`]); so are a workspace of another CUDA
+    /// context and a stream being captured into a CUDA graph (this call
+    /// copies host buffers, which a capture cannot record: record
+    /// [`GpuModel::forward_device`] instead). A pass waits for the
+    /// workspace's previous pass, whatever stream that ran on, and the
+    /// workspace's and the model's memory are freed only after the last
+    /// pass ([`Workspace`]'s drop).
     pub fn forward_on(
         &self,
         stream: &Arc<CudaStream>,
@@ -87,9 +95,33 @@ impl GpuModel {
     ) -> Result<GpuOutputs> {
         const FWD: &str = "GpuModel::forward";
         let cfg = &self.config;
-        if cfg.is_composite() {
-            return self.forward_composite(stream, ws, inputs, opts);
+        let dev = self.dev.on_stream(stream.clone())?;
+        if dev.is_capturing()? {
+            return Err(Error::invalid(
+                FWD,
+                "the stream is being captured into a CUDA graph: this call uploads host                  buffers, which a capture cannot record; record GpuModel::forward_device                  (device buffers) instead",
+            ));
         }
+        let scope = PassScope::begin(ws, stream, false)?;
+        let out = if cfg.is_composite() {
+            self.forward_composite(stream, ws, inputs, opts)?
+        } else {
+            self.forward_basic(&dev, ws, inputs, opts)?
+        };
+        scope.finish()?;
+        Ok(out)
+    }
+
+    /// [`GpuModel::forward_on`] for a basic model (one stage).
+    fn forward_basic(
+        &self,
+        dev: &Device,
+        ws: &mut Workspace,
+        inputs: &Inputs,
+        opts: &GpuForwardOptions,
+    ) -> Result<GpuOutputs> {
+        const FWD: &str = "GpuModel::forward";
+        let cfg = &self.config;
         if WorkspaceLayout::new(cfg, &ws.capacity)? != ws.layout {
             return Err(Error::invalid(
                 FWD,
@@ -105,17 +137,16 @@ impl GpuModel {
             ));
         }
         let prep = validate_inputs(cfg, &self.embeddings, inputs, Some(&ws.capacity))?;
-        let dev = self.dev.on_stream(stream.clone())?;
         let shape = PassShape::of(&prep, inputs);
-        upload(&dev, cfg, ws, inputs, &prep)?;
+        upload(dev, cfg, ws, inputs, &prep)?;
         ws.events
             .0
             .record(dev.stream())
             .map_err(drv("recording the start event"))?;
         let end = if opts.graph {
-            self.run_graph(&dev, ws, &shape, opts)?
+            self.run_graph(dev, ws, &shape, opts)?
         } else {
-            self.enqueue(&dev, ws, &shape, opts)?
+            self.enqueue(dev, ws, &shape, opts)?
         };
         // A task head on the streams' features (outside any graph).
         {
@@ -138,14 +169,17 @@ impl GpuModel {
                     (buf, sc.hidden)
                 })
                 .collect();
-            self.enqueue_head(&dev, blas, head.as_mut(), &feats, shape.batch)?;
+            self.enqueue_head(dev, blas, head.as_mut(), &feats, shape.batch)?;
         }
         ws.events
             .1
             .record(dev.stream())
             .map_err(drv("recording the end event"))?;
-        let mut out = self.readback(&dev, ws, &shape, &end, opts)?;
-        out.logits = self.read_logits(&dev, ws.head.as_ref(), shape.batch)?;
+        // The one wait at the end, then copies from the idle stream.
+        dev.synchronize()?;
+        let mut out = self.readback(dev, ws, &shape, &end, opts)?;
+        out.device_ms = pass_device_ms(ws)?;
+        out.logits = self.read_logits(dev, ws.head.as_ref(), shape.batch)?;
         if out.logits.is_some() {
             let hf = crate::spec::flops::head_flops(cfg);
             for t in &mut out.flops {

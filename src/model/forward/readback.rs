@@ -26,7 +26,8 @@ pub(crate) struct LayerCounts {
 }
 
 impl GpuModel {
-    /// Waits for the pass and copies its results to the host.
+    /// Copies a finished pass's results to the host (the caller has waited
+    /// for the pass: the copies run on the idle stream).
     pub(in crate::model) fn readback(
         &self,
         dev: &Device,
@@ -47,8 +48,6 @@ impl GpuModel {
             stats,
             ..
         } = ws;
-        // The one wait at the end, then copies from the idle stream.
-        dev.synchronize()?;
         let stats_h: Vec<i32> = stream
             .clone_dtoh(&stats.slice(0..nl * ns * 3 * batch))
             .map_err(drv("reading the statistics"))?;
@@ -187,13 +186,10 @@ impl GpuModel {
             });
         }
         let flops = self.account_flops(shape, &mut outs, opts.dense);
-        let device_ms = ws
-            .events
-            .0
-            .elapsed_ms(&ws.events.1)
-            .map_err(drv("reading the pass's device time"))?;
         Ok(GpuOutputs {
-            device_ms,
+            // The caller times the whole pass (a whole model's stages are
+            // not timed one by one): pass_device_ms.
+            device_ms: 0.0,
             streams: outs,
             syncs: end.syncs,
             policy: opts.sync,
@@ -244,4 +240,13 @@ impl GpuModel {
         }
         out
     }
+}
+
+/// The device time between a pass's start and end events (both complete:
+/// the caller has waited for the pass).
+pub(in crate::model) fn pass_device_ms(ws: &Workspace) -> Result<f32> {
+    ws.events
+        .0
+        .elapsed_ms(&ws.events.1)
+        .map_err(drv("reading the pass's device time"))
 }
