@@ -147,3 +147,55 @@ pub fn length_sets() -> Vec<Vec<usize>> {
     }
     sets
 }
+
+/// A small cross-encoder for sweeps and stress tests: tiny-meter's GPU
+/// variant cut to 2 layers (the second with token and head pruners, so
+/// compaction and the head pruners run), random weights from `seed`, a
+/// ragged batch of 2 short sequences per stream (text 5 and 3 rows, image
+/// 17 and 9).
+pub fn small_cross_model(
+    seed: u64,
+) -> (
+    smarttrim::spec::ModelConfig,
+    smarttrim::spec::Weights,
+    smarttrim::reference::Inputs,
+) {
+    let mut cfg = smarttrim::model::gpu_variant(&smarttrim::spec::preset("tiny-meter").unwrap());
+    for s in &mut cfg.streams {
+        s.layers.truncate(2);
+    }
+    let w = smarttrim::spec::Weights::random(&cfg, seed).unwrap();
+    let mut rng = Rng::new(seed + 1);
+    let streams = cfg
+        .streams
+        .iter()
+        .zip([[5usize, 3], [17, 9]])
+        .map(|(s, lens)| smarttrim::reference::StreamInput::Packed {
+            rows: rng.normals((lens[0] + lens[1]) * s.hidden, 1.0, 0.0),
+            cu_seqlens: cu_of(&lens),
+        })
+        .collect();
+    let inputs = smarttrim::reference::Inputs {
+        streams,
+        context: None,
+    };
+    (cfg, w, inputs)
+}
+
+/// The workspace capacity `inputs` need.
+pub fn capacity(
+    cfg: &smarttrim::spec::ModelConfig,
+    w: &smarttrim::spec::Weights,
+    inputs: &smarttrim::reference::Inputs,
+) -> smarttrim::model::Capacity {
+    let emb: Vec<_> = w.streams.iter().map(|s| s.embeddings.clone()).collect();
+    smarttrim::model::Capacity::for_inputs(
+        &smarttrim::model::validate_inputs(cfg, &emb, inputs, None).unwrap(),
+    )
+}
+
+/// Whether two passes gave the same results (every record, the final rows,
+/// the waits).
+pub fn same(a: &smarttrim::model::GpuOutputs, b: &smarttrim::model::GpuOutputs) -> bool {
+    a.streams == b.streams && a.syncs == b.syncs
+}

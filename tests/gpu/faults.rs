@@ -10,43 +10,17 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use smarttrim::model::{
-    gpu_variant, validate_inputs, Capacity, GpuForwardOptions, GpuModel, GpuOutputs, SyncPolicy,
-    Workspace,
-};
+use smarttrim::model::{GpuForwardOptions, GpuModel, SyncPolicy, Workspace};
 use smarttrim::reference::{self, Inputs};
-use smarttrim::spec::{preset, ModelConfig, Weights};
+use smarttrim::spec::{ModelConfig, Weights};
 
 use crate::common::*;
 use crate::emu::Emu;
 
 const KINDS: [&str; 4] = ["driver", "alloc", "launch", "blas"];
 
-/// The model the sweeps run: tiny-meter's GPU variant cut to 2 layers (the
-/// second with token and head pruners, so compaction and the head pruners
-/// run), on a ragged batch of 2 short sequences per stream: small enough to
-/// sweep every call.
 fn setup() -> (ModelConfig, Weights, Inputs) {
-    let mut cfg = gpu_variant(&preset("tiny-meter").unwrap());
-    for s in &mut cfg.streams {
-        s.layers.truncate(2);
-    }
-    let w = Weights::random(&cfg, 11).unwrap();
-    let mut rng = Rng::new(12);
-    let streams = cfg
-        .streams
-        .iter()
-        .zip([[5usize, 3], [17, 9]])
-        .map(|(s, lens)| reference::StreamInput::Packed {
-            rows: rng.normals((lens[0] + lens[1]) * s.hidden, 1.0, 0.0),
-            cu_seqlens: cu_of(&lens),
-        })
-        .collect();
-    let inputs = Inputs {
-        streams,
-        context: None,
-    };
-    (cfg, w, inputs)
+    small_cross_model(11)
 }
 
 /// Calls of `kind` that `f` makes (counted by the emulator, none failed).
@@ -56,15 +30,6 @@ fn calls_of<T>(emu: &Emu, kind: &str, f: impl FnOnce() -> T) -> (T, u64) {
     let n = emu.calls(kind);
     emu.fail_after(kind, 0);
     (r, n)
-}
-
-fn capacity(cfg: &ModelConfig, w: &Weights, inputs: &Inputs) -> Capacity {
-    let emb: Vec<_> = w.streams.iter().map(|s| s.embeddings.clone()).collect();
-    Capacity::for_inputs(&validate_inputs(cfg, &emb, inputs, None).unwrap())
-}
-
-fn same(a: &GpuOutputs, b: &GpuOutputs) -> bool {
-    a.streams == b.streams && a.syncs == b.syncs
 }
 
 /// Runs `f` with the calling thread's `n`-th call of `kind` made to fail;

@@ -815,32 +815,34 @@ fn forward_device_matches_forward() {
         let emb: Vec<_> = w.streams.iter().map(|s| s.embeddings.clone()).collect();
         let prep = prepare_inputs(&cfg, &emb, &inputs, None).unwrap();
         // The caller's buffers, without cudarc events (as a capture needs).
-        // SAFETY: only this thread allocates on the context meanwhile.
-        unsafe { ctx.disable_event_tracking() };
-        let up = |p: &smarttrim::reference::Packed| {
-            (
-                theirs.clone_htod(&to_f16(&p.rows)).unwrap(),
-                theirs.clone_htod(&p.cu_seqlens).unwrap(),
-            )
-        };
-        let ins: Vec<_> = prep.streams.iter().map(up).collect();
-        let ctx_in = prep.context.as_ref().map(up);
-        let mut outs: Vec<_> = cfg
-            .streams
-            .iter()
-            .zip(&prep.streams)
-            .map(|(sc, p)| {
-                (
-                    theirs
-                        .alloc_zeros::<half::f16>(p.total() * sc.hidden)
-                        .unwrap(),
-                    theirs.alloc_zeros::<i32>(prep.batch + 1).unwrap(),
-                    theirs.alloc_zeros::<i32>(p.total().max(1)).unwrap(),
-                )
+        // SAFETY: every use of them below is on `theirs`, in order.
+        let (ins, ctx_in, mut outs) = unsafe {
+            dev.without_event_tracking(|| {
+                let up = |p: &smarttrim::reference::Packed| {
+                    (
+                        theirs.clone_htod(&to_f16(&p.rows)).unwrap(),
+                        theirs.clone_htod(&p.cu_seqlens).unwrap(),
+                    )
+                };
+                let ins: Vec<_> = prep.streams.iter().map(up).collect();
+                let ctx_in = prep.context.as_ref().map(up);
+                let outs: Vec<_> = cfg
+                    .streams
+                    .iter()
+                    .zip(&prep.streams)
+                    .map(|(sc, p)| {
+                        (
+                            theirs
+                                .alloc_zeros::<half::f16>(p.total() * sc.hidden)
+                                .unwrap(),
+                            theirs.alloc_zeros::<i32>(prep.batch + 1).unwrap(),
+                            theirs.alloc_zeros::<i32>(p.total().max(1)).unwrap(),
+                        )
+                    })
+                    .collect();
+                (ins, ctx_in, outs)
             })
-            .collect();
-        // SAFETY: restores the default.
-        unsafe { ctx.enable_event_tracking() };
+        };
         for round in ["eager", "caller graph"] {
             let mut graph = None;
             {

@@ -8,6 +8,7 @@
 mod attention;
 mod common;
 mod compact;
+mod concurrency;
 mod elementwise;
 mod embed;
 mod emu;
