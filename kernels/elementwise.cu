@@ -141,7 +141,8 @@ extern "C" __global__ void bias_residual_f16(__half* __restrict__ x,
 
 struct PoolShape {
     int batch;
-    int d;  // a multiple of 8
+    int d;     // a multiple of 8
+    int rows;  // rows in x (host bound): cu_seqlens is clamped to it
 };
 
 // out[b, :] = mean of rows cu[b] .. cu[b+1] (zeros for an empty sequence),
@@ -156,8 +157,10 @@ extern "C" __global__ void __launch_bounds__(32 * POOL_ROW_GROUPS)
     const int b = blockIdx.y;
     const int cv = blockIdx.x * POOL_COLS_VECS + threadIdx.x;
     const int vpr = shape.d >> 3;
-    const int begin = cu_seqlens[b];
-    const int n = cu_seqlens[b + 1] - begin;
+    // Clamped to x's rows, so an inconsistent device cu_seqlens pools
+    // garbage but never reads past the buffer.
+    const int begin = min(max(cu_seqlens[b], 0), shape.rows);
+    const int n = min(max(cu_seqlens[b + 1], begin), shape.rows) - begin;
     float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     if (cv < vpr) {
         for (int i = threadIdx.y; i < n; i += POOL_ROW_GROUPS) {
@@ -197,8 +200,9 @@ extern "C" __global__ void first_token_f16(const __half* __restrict__ x,
     const int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     if (b >= shape.batch) return;
-    const int begin = cu_seqlens[b];
-    const bool empty = cu_seqlens[b + 1] <= begin;
+    // Clamped to x's rows, as in mean_pool_f16.
+    const int begin = min(max(cu_seqlens[b], 0), shape.rows);
+    const bool empty = min(cu_seqlens[b + 1], shape.rows) <= begin;
     for (int v = lane; v < (shape.d >> 3); v += 32) {
         half8 h;
         if (empty) {

@@ -48,15 +48,18 @@ impl ColsShapeC {
 pub(crate) struct PoolShapeC {
     pub(crate) batch: i32,
     pub(crate) d: i32,
+    pub(crate) rows: i32,
 }
 // SAFETY: `#[repr(C)]` plain data, laid out as the C struct.
 unsafe impl DeviceRepr for PoolShapeC {}
 
 impl PoolShapeC {
     fn of(shape: PoolShape) -> Self {
+        // Fits in i32: validate_pool checked total_rows * d.
         PoolShapeC {
             batch: shape.batch as i32,
             d: shape.d as i32,
+            rows: shape.total_rows as i32,
         }
     }
 }

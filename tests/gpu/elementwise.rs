@@ -99,6 +99,57 @@ fn pooling_matches_cpu() {
     let _ = f16::ZERO;
 }
 
+/// A device `cu_seqlens` that disagrees with the host bound (past the rows,
+/// negative, decreasing): mean_pool and first_token pool the rows clamped
+/// to `[0, total_rows)` and read nothing past `x` (the AddressSanitizer run
+/// of the emulated device checks the reads; the values are checked here).
+#[test]
+fn pooling_clamps_inconsistent_cu_seqlens() {
+    let Some(dev) = device("pooling_clamps_inconsistent_cu_seqlens") else {
+        return;
+    };
+    let stream = dev.stream().clone();
+    let (total, d) = (24usize, 64usize);
+    let mut rng = Rng::new(23);
+    let x = round_f16(&rng.normals(total * d, 1.0, 0.5));
+    let x_d = stream.clone_htod(&to_f16(&x)).unwrap();
+    for bad in [
+        vec![0i32, 10, 1_000_000],
+        vec![0, -50, 20],
+        vec![0, 20, 5],
+        vec![30, 40, 50],
+        vec![-1_000_000, 0, i32::MAX],
+    ] {
+        let batch = bad.len() - 1;
+        let clamp = |v: i32, lo: usize| (v.max(0) as usize).min(total).max(lo);
+        let mut want = vec![0f32; batch * d];
+        let mut want_first = vec![0f32; batch * d];
+        for b in 0..batch {
+            let lo = clamp(bad[b], 0);
+            let hi = clamp(bad[b + 1], lo);
+            let m = smarttrim::reference::ops::mean_rows(&x, d, lo, hi);
+            want[b * d..(b + 1) * d].copy_from_slice(&m);
+            if hi > lo {
+                want_first[b * d..(b + 1) * d].copy_from_slice(&x[lo * d..(lo + 1) * d]);
+            }
+        }
+        let cu_d = stream.clone_htod(&bad).unwrap();
+        let shape = PoolShape {
+            batch,
+            total_rows: total,
+            d,
+        };
+        let mut o32 = stream.clone_htod(&vec![f32::NAN; batch * d]).unwrap();
+        mean_pool(&dev, shape, &x_d, &cu_d, PoolOut::F32(&mut o32)).unwrap();
+        let err = rel_err(&stream.clone_dtoh(&o32).unwrap(), &want);
+        assert!(err < 1e-4, "mean_pool cu={bad:?}: {err}");
+        let mut of = stream.clone_htod(&nan_f16(batch * d)).unwrap();
+        first_token(&dev, shape, &x_d, &cu_d, &mut of).unwrap();
+        let got: Vec<f32> = from_f16(&stream.clone_dtoh(&of).unwrap());
+        assert_eq!(got, want_first, "first_token cu={bad:?}");
+    }
+}
+
 /// bias_act (erf GELU, quick GELU, tanh; with and without a bias, with a
 /// device row count) and copy_cols against the CPU.
 #[test]
