@@ -333,7 +333,9 @@ extern "C" __global__ void __launch_bounds__(32 * HEAD_WARPS)
     const int k_in = shape.d + shape.dc;  // W1h row length (zeros stand in for a missing g_y)
     for (int i = threadIdx.x; i < k_in; i += blockDim.x) {
         float v = 0.f;
-        if (i < shape.d) v = g_x[static_cast<size_t>(b) * shape.d + i];
+        // A null g_x: the scored stream has no rows at all (the mean of no
+        // rows is zeros, as in the CPU reference).
+        if (i < shape.d) v = g_x != nullptr ? g_x[static_cast<size_t>(b) * shape.d + i] : 0.f;
         else if (dc > 0) v = g_y[static_cast<size_t>(b) * dc + (i - shape.d)];
         z[i] = v;
     }

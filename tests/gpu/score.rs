@@ -15,8 +15,15 @@ use crate::common::*;
 
 const EPS: f32 = 1e-6;
 
+/// `v` on the device (an empty `v`: one 16-byte vector of zeros, as the
+/// driver allocates nothing of size 0).
 fn up(dev: &Device, v: &[f32]) -> CudaSlice<f16> {
-    dev.stream().clone_htod(&to_f16(v)).unwrap()
+    let h = if v.is_empty() {
+        vec![0.0; 8]
+    } else {
+        v.to_vec()
+    };
+    dev.stream().clone_htod(&to_f16(&h)).unwrap()
 }
 
 fn token_weights(rng: &mut Rng, d: usize, d_other: Option<usize>, hs: usize) -> TokenPrunerWeights {
@@ -275,7 +282,7 @@ fn check_heads(
         up(dev, &w.w2),
         up(dev, &w.b2),
     );
-    let mut u = stream.clone_htod(&nan_f16(total * d)).unwrap();
+    let mut u = stream.clone_htod(&nan_f16(total.max(1) * d)).unwrap();
     let mut uy = stream.clone_htod(&nan_f16(total_y.max(1) * dc)).unwrap();
     let mut g_x = stream.clone_htod(&vec![f32::NAN; batch * d]).unwrap();
     let mut g_y = stream.clone_htod(&vec![f32::NAN; batch * dc]).unwrap();
@@ -413,4 +420,9 @@ fn head_scores_match_reference() {
     check_heads(&dev, &[577, 31], Some(&[31, 577]), 0.0, 1, 602);
     // Top-up to 4.
     check_heads(&dev, &[40; 8], None, 0.9, 4, 603);
+    // No scored row in the whole batch (the means are zeros), and no row of
+    // the other stream.
+    check_heads(&dev, &[0, 0], Some(&[31, 5]), 0.5, 1, 604);
+    check_heads(&dev, &[0, 0], None, 0.5, 1, 605);
+    check_heads(&dev, &[40, 3], Some(&[0, 0]), 0.5, 1, 606);
 }

@@ -304,7 +304,9 @@ pub fn head_scores(
         ..LnMeanStep::scored(input, d, w.eps, ("ln_h", &w.ln_h), ws.u, ("g_x", ws.g_x))
     };
     let own = ln_mean_step(dev, OP_HEAD, own)?;
-    let gx_ptr = own.g;
+    // No rows in the whole batch: nothing wrote g_x, and the kernel reads
+    // zeros for the means instead (a null g_x).
+    let gx_ptr = if own.launched { own.g } else { 0 };
     let mut gy_ptr = 0u64;
     let _other;
     if let (Some(o), Some(ln), Some(uy), Some(g_y)) = (&input.other, &w.ln_hc, ws.uy, ws.g_y) {
@@ -345,9 +347,10 @@ pub fn head_scores(
         .arg(&params);
     // SAFETY: arguments match `head_logits_f16(const float* g_x, const float*
     // g_y, const half* w1, const half* b1, const half* w2, const half* b2,
-    // float* logits, u8* mask, int* head_counts, HeadShape)`; g_x [batch, d],
-    // g_y [batch, dc] or null (zeros stand in), w1 [hh, d + dc], b1 [hh], w2
-    // [heads, hh], b2 [heads], logits and mask [batch, heads], head_counts
+    // float* logits, u8* mask, int* head_counts, HeadShape)`; g_x [batch, d]
+    // or null (zeros stand in), g_y [batch, dc] or null (zeros stand in), w1
+    // [hh, d + dc], b1 [hh], w2 [heads, hh], b2 [heads], logits and mask
+    // [batch, heads], head_counts
     // [batch] or null (validated); d + dc, hh and heads fit the kernel's
     // static shared arrays (validated). One block per sequence.
     unsafe {
