@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 namespace emu::drv {
 
@@ -164,6 +165,11 @@ GraphExec* graph_exec_of(CUgraphExec g) {
 
 // ---- user objects ----
 
+bool& in_user_object_destructor() {
+    static thread_local bool in = false;
+    return in;
+}
+
 std::set<UserObject*>& user_objects() {
     static auto* s = new std::set<UserObject*>();
     return *s;
@@ -174,11 +180,20 @@ void release(UserObject* o, unsigned n) {
     o->refs = n >= o->refs ? 0 : o->refs - n;
     if (o->refs == 0) {
         user_objects().erase(o);
-        // The driver calls destructors outside any API call of the caller's;
-        // here that is during the releasing call, under the driver lock (a
-        // destructor must not call CUDA anyway).
-        if (o->destroy != nullptr) o->destroy(o->ptr);
+        // As the driver does: the destructor runs later, on an internal
+        // thread, not inside the releasing call (code that expects it to have
+        // run when the graph destroy returns is wrong on a GPU too), and it
+        // may not call CUDA (such a call fails, see ApiScope).
+        CUhostFn destroy = o->destroy;
+        void* ptr = o->ptr;
         delete o;
+        if (destroy != nullptr) {
+            std::thread([destroy, ptr] {
+                std::this_thread::sleep_for(std::chrono::milliseconds(2));
+                in_user_object_destructor() = true;
+                destroy(ptr);
+            }).detach();
+        }
     }
 }
 
@@ -392,6 +407,11 @@ bool inject(Inject kind, const char* what) {
 
 ApiScope::ApiScope(const char* name, bool needs_init) : guard_(lock()) {
     if (config().trace) say("%s", name);
+    if (in_user_object_destructor()) {
+        say("%s called from a user object's destructor (CUDA forbids it)", name);
+        status_ = CUDA_ERROR_NOT_PERMITTED;
+        return;
+    }
     if (needs_init && !initialized()) {
         status_ = CUDA_ERROR_NOT_INITIALIZED;
         return;

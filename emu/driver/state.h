@@ -137,8 +137,11 @@ struct UserObject {
     unsigned refs = 0;
 };
 
-// Drops `n` references of `o` (running its destructor at zero).
+// Drops `n` references of `o` (at zero its destructor runs soon after, on
+// another thread).
 void release(UserObject* o, unsigned n);
+// Whether the calling thread is running a user object's destructor.
+bool& in_user_object_destructor();
 std::set<UserObject*>& user_objects();
 
 struct Graph {
