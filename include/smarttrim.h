@@ -129,8 +129,14 @@ int smarttrim_model_create_from_memory(const char *config_json,
                                        struct smarttrim_model **out);
 
 // Destroys a model: frees its device memory (once no other thread is inside
-// a call on it). NULL is `SMARTTRIM_STATUS_NULL_POINTER`; a handle already
-// destroyed is `SMARTTRIM_STATUS_BAD_HANDLE`.
+// a call on it, and after the last pass enqueued on it, in stream order).
+// NULL is `SMARTTRIM_STATUS_NULL_POINTER`; a handle already destroyed is
+// `SMARTTRIM_STATUS_BAD_HANDLE`. While a CUDA graph the caller recorded with
+// [`smarttrim_forward_device`] still exists (it or any executable graph
+// made from it), destroying is refused with
+// `SMARTTRIM_STATUS_INVALID_ARGUMENT` and the handle stays live; should a
+// graph be recorded on another thread meanwhile, the memory it uses is
+// leaked rather than freed.
 int smarttrim_model_destroy(struct smarttrim_model *model);
 
 // The device bytes of the workspace a forward pass of `model` needs for
@@ -153,14 +159,17 @@ int smarttrim_model_workspace_bytes(const struct smarttrim_model *model,
 //
 // - `stream`: the caller's `CUstream` (NULL: no ordering with the caller).
 //   It must belong to the device's primary context (as CUDA runtime API
-//   streams do). The pass runs on the model's own stream after the work
+//   streams do). The pass runs on the workspace's own stream after the work
 //   enqueued on `stream` so far; the call returns when the pass is done.
 // - `inputs`: `n_inputs` entries, one per config stream, in config order.
 // - `context`: a cross encoder's context rows (NULL for other models).
 // - `flags`: `SMARTTRIM_FORWARD_DENSE`, `SMARTTRIM_FORWARD_UPPER_BOUND`.
 //
 // The workspace is allocated on the first pass and grown when a batch
-// needs more. Statistics: [`smarttrim_stats`].
+// needs more (a new one allocated before the old one goes, so a failure
+// leaves the old one; never one in caller memory, which is an
+// `INVALID_ARGUMENT` instead; never while a caller's CUDA graph uses it).
+// Statistics: [`smarttrim_stats`].
 //
 // # Safety
 //

@@ -639,6 +639,38 @@ fn device_pointer_pass(
         run(SMARTTRIM_FORWARD_GRAPH),
         SmarttrimStatus::InvalidArgument as i32
     );
+    // The pass recorded into the caller's own graph: while the graph lives,
+    // the workspace and the model it uses are neither replaced nor freed.
+    stream
+        .begin_capture(
+            cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+        )
+        .unwrap();
+    let recorded = run(SMARTTRIM_FORWARD_UPPER_BOUND);
+    let graph = stream
+        .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+        .unwrap();
+    assert_eq!(recorded, OK, "{}", last_error());
+    let graph = graph.expect("the captured pass");
+    graph.launch().unwrap();
+    stream.synchronize().unwrap();
+    // SAFETY: live handle, one length per stream.
+    let st = unsafe { smarttrim_model_reserve(m, 2, lens.as_ptr()) };
+    assert_eq!(st, SmarttrimStatus::InvalidArgument as i32);
+    assert!(last_error().contains("CUDA graph"), "{}", last_error());
+    // Refused, so the handle stays live.
+    let st = smarttrim_model_destroy(m);
+    assert_eq!(
+        st,
+        SmarttrimStatus::InvalidArgument as i32,
+        "destroy while pinned"
+    );
+    let cu: Vec<i32> = stream.clone_dtoh(&oct).unwrap();
+    assert_eq!(cu[0], 0, "the graph's pass wrote the outputs");
+    drop(graph);
+    // SAFETY: live handle, one length per stream.
+    let st = unsafe { smarttrim_model_reserve(m, 2, lens.as_ptr()) };
+    assert_eq!(st, OK, "after the graph is destroyed: {}", last_error());
 }
 
 /// `smarttrim_model_create_from_memory`: null pointers, text that is not

@@ -182,8 +182,14 @@ pub unsafe extern "C" fn smarttrim_model_create_from_memory(
 }
 
 /// Destroys a model: frees its device memory (once no other thread is inside
-/// a call on it). NULL is `SMARTTRIM_STATUS_NULL_POINTER`; a handle already
-/// destroyed is `SMARTTRIM_STATUS_BAD_HANDLE`.
+/// a call on it, and after the last pass enqueued on it, in stream order).
+/// NULL is `SMARTTRIM_STATUS_NULL_POINTER`; a handle already destroyed is
+/// `SMARTTRIM_STATUS_BAD_HANDLE`. While a CUDA graph the caller recorded with
+/// [`smarttrim_forward_device`] still exists (it or any executable graph
+/// made from it), destroying is refused with
+/// `SMARTTRIM_STATUS_INVALID_ARGUMENT` and the handle stays live; should a
+/// graph be recorded on another thread meanwhile, the memory it uses is
+/// leaked rather than freed.
 #[no_mangle]
 pub extern "C" fn smarttrim_model_destroy(model: *mut SmarttrimModel) -> c_int {
     guard(|| {

@@ -199,3 +199,16 @@ pub fn capacity(
 pub fn same(a: &smarttrim::model::GpuOutputs, b: &smarttrim::model::GpuOutputs) -> bool {
     a.streams == b.streams && a.syncs == b.syncs
 }
+
+/// Whether `cond` holds within 10 s (polled), for what the driver does on
+/// its own threads (a user object's destructor).
+pub fn eventually(cond: impl Fn() -> bool) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    cond()
+}

@@ -926,6 +926,20 @@ fn forward_device_matches_forward() {
                     }
                 }
             }
+            // The caller's graph pins the workspace and the model until the
+            // driver destroys it (and releases the pin on its own thread,
+            // a little later).
+            let pins = (ws.graph_pins(), model.graph_pins());
+            if let Some(g) = graph.take() {
+                assert_eq!(pins, (1, 1), "{name}: pins while the caller's graph lives");
+                drop(g);
+                assert!(
+                    eventually(|| ws.graph_pins() == 0 && model.graph_pins() == 0),
+                    "{name}: the pins outlived the caller's graph"
+                );
+            } else {
+                assert_eq!(pins, (0, 0), "{name}: pins of an eager pass");
+            }
         }
     }
 }
@@ -977,4 +991,45 @@ fn workspace_in_caller_memory() {
         .unwrap();
     let back: Vec<u8> = stream.clone_dtoh(&mem).unwrap();
     assert!(back.iter().all(|&b| b == 7));
+}
+
+/// `forward_on` uploads host buffers, which a CUDA-graph capture cannot
+/// record: on a stream being captured it is refused before enqueueing
+/// anything (the capture stays valid), and the same stream
+/// runs the pass once the capture is over. Passes on alternating streams
+/// with one workspace give the same results (each waits for the last).
+#[test]
+fn forward_on_refuses_a_capturing_stream() {
+    let Some(dev) = device("forward_on_refuses_a_capturing_stream") else {
+        return;
+    };
+    let (cfg, w, inputs) = small_cross_model(41);
+    let model = GpuModel::new(&dev, &w).unwrap();
+    let mut ws = Workspace::new(&model, capacity(&cfg, &w, &inputs)).unwrap();
+    let opts = GpuForwardOptions {
+        dense: false,
+        sync: SyncPolicy::UpperBound,
+        graph: false,
+    };
+    let want = model.forward(&mut ws, &inputs, &opts).unwrap();
+    let ctx = dev.context().clone();
+    let theirs = ctx.new_stream().unwrap();
+    theirs
+        .begin_capture(
+            cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+        )
+        .unwrap();
+    let refused = model.forward_on(&theirs, &mut ws, &inputs, &opts);
+    let ended = theirs.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+    let e = refused.expect_err("a pass with host uploads inside a capture");
+    assert!(
+        matches!(e, smarttrim::Error::InvalidArgument { .. }) && e.to_string().contains("captured"),
+        "{e}"
+    );
+    ended.expect("the capture was not invalidated");
+    let other = ctx.new_stream().unwrap();
+    for s in [&theirs, &other, &theirs] {
+        let got = model.forward_on(s, &mut ws, &inputs, &opts).unwrap();
+        assert!(same(&got, &want), "a pass on another stream differs");
+    }
 }
