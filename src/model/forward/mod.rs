@@ -99,7 +99,9 @@ impl GpuModel {
         if dev.is_capturing()? {
             return Err(Error::invalid(
                 FWD,
-                "the stream is being captured into a CUDA graph: this call uploads host                  buffers, which a capture cannot record; record GpuModel::forward_device                  (device buffers) instead",
+                "the stream is being captured into a CUDA graph: this call uploads host \
+                 buffers, which a capture cannot record; record GpuModel::forward_device \
+                 (device buffers) instead",
             ));
         }
         let scope = PassScope::begin(ws, stream, false)?;
