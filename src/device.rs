@@ -243,9 +243,9 @@ impl Device {
     /// device's context, for buffers of the caller's that will be used
     /// inside a CUDA-graph capture (where an event recorded outside the
     /// capture cannot be waited on) or handed to
-    /// [`crate::model::GpuModel::forward_device`]. It shares smarttrim's own
-    /// scope ([`Device::untracked`]), so the two never switch tracking back
-    /// on under each other; call this instead of cudarc's
+    /// [`crate::model::GpuModel::forward_device`]. It shares the scope
+    /// smarttrim allocates its own buffers in, so the two never switch
+    /// tracking back on under each other; call this instead of cudarc's
     /// `disable_event_tracking` / `enable_event_tracking` when smarttrim
     /// runs on other threads of the process.
     ///

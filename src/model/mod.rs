@@ -78,16 +78,36 @@
 //! pruning saves GEMM work without a wait) is not implemented: cuBLASLt
 //! takes `M` from the host.
 //!
-//! # Streams and buffer ordering
+//! # Streams, threads and buffer ordering
 //!
-//! [`GpuModel::forward_on`] enqueues a pass on any stream of the model's
-//! context (the caller's, borrowed); [`GpuModel::forward`] uses the model's
-//! own. Weights and workspace buffers are allocated without cudarc's
-//! per-buffer events (they could not be waited on inside a graph capture):
-//! the weights are complete when [`GpuModel::new`] returns and only read
-//! afterwards, and a pass leaves its stream idle when it returns, so passes
-//! on different streams need no further ordering.
+//! Each [`Workspace`] has a private stream: [`GpuModel::forward`] runs there
+//! and every graph of the workspace is captured there, so passes of one
+//! model on several threads (one workspace each; the model is `Sync`) never
+//! share a stream or a capture. [`GpuModel::forward_on`] and
+//! [`GpuModel::forward_device`] enqueue on a stream of the caller's. Weights
+//! and workspace buffers carry no cudarc per-buffer events (an event
+//! recorded outside a capture cannot be waited on inside one); ordering is
+//! explicit instead:
 //!
+//! - the weights are complete when [`GpuModel::new`] returns and only read
+//!   afterwards;
+//! - every pass waits (on the device) for the workspace's previous pass,
+//!   whatever stream that ran on, and records its own end, also when it
+//!   fails midway; the model's stream, where buffers and weights are freed,
+//!   is ordered after it, so dropping a workspace or a model never frees
+//!   memory a pass still uses;
+//! - [`GpuModel::forward_on`] refuses a stream being captured (it uploads
+//!   host buffers); [`GpuModel::forward_device`] records into the caller's
+//!   capture, and the caller's graph then pins the workspace and the model
+//!   ([`Workspace::graph_pins`], [`GpuModel::graph_pins`]) until the driver
+//!   destroys it: a pinned workspace or model is leaked, not freed, if
+//!   dropped.
+//!
+//! Buffers of the caller's that go into a capture must be made without
+//! cudarc's events too: [`crate::device::Device::without_event_tracking`]
+//! (cudarc's switch belongs to the `CudaContext` object; this shares
+//! smarttrim's scope so the two never switch it back under each other).
+
 //! # Supported models
 //!
 //! See [`check_supported`]: head size 32 or 64, widths multiples of 8, token
