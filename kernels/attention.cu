@@ -16,7 +16,7 @@
 //   but one early-returning block per query tile (grid sized by B*H).
 //
 // Entry points (f16; bf16 is not provided):
-//   attention_fwd_d64_f16 / attention_fwd_d32_f16   fused kernel, template on dh
+//   attention_fwd_d64_f16 / _d32_f16 / _d16_f16     fused kernel, template on dh
 //   attention_active_list                           [B,H] u8 mask -> compacted
 //                                                   (seq, head) list + count
 //   attention_zero_inactive_f16                     zero the output slices of
@@ -332,6 +332,12 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_fwd_d64_f16(Attn
 
 extern "C" __global__ void __launch_bounds__(THREADS) attention_fwd_d32_f16(AttnParams p) {
     attention_fwd<32>(p);
+}
+
+// Head size 16 (small models, e.g. tiny test checkpoints): one k-step of
+// QK^T, two n8 tiles of O.
+extern "C" __global__ void __launch_bounds__(THREADS) attention_fwd_d16_f16(AttnParams p) {
+    attention_fwd<16>(p);
 }
 
 // Builds the compacted list of active (sequence, head) pairs from a [B, H]

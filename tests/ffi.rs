@@ -222,7 +222,7 @@ fn file_config_and_support_errors_come_before_the_device() {
     let (st, _) = create(&cstr(&bad_json), &missing);
     assert_eq!(st, SmarttrimStatus::ConfigError as i32, "{}", last_error());
 
-    // The raw tiny-meter preset: weights fine, kernels do not support head size 16.
+    // The raw tiny-meter preset: weights fine, the token scorer does not support width 32.
     let raw = preset("tiny-meter").unwrap();
     let raw_cfg = dir.path().join("tiny.json");
     std::fs::write(&raw_cfg, raw.to_json().unwrap()).unwrap();

@@ -22,7 +22,7 @@ fn supported_configs() {
         let raw = preset(name).unwrap();
         match check_supported(&raw) {
             Err(Error::Unsupported { message, .. }) => {
-                assert!(message.contains("head size"), "{name}: {message}")
+                assert!(message.contains("fused token scorer"), "{name}: {message}")
             }
             other => panic!("{name}: expected Unsupported, got {other:?}"),
         }

@@ -110,12 +110,13 @@
 
 //! # Supported models
 //!
-//! See [`check_supported`]: head size 32 or 64, widths multiples of 8, token
-//! pruner widths `D` and `Hs` multiples of 64 (the fused scorer's tile), head
-//! pruners within the head kernel's limits. The built-in `tiny-*` presets
-//! (hidden 64, 4 heads: head size 16, token pruner width 32) are therefore
-//! [`Error::Unsupported`](crate::Error::Unsupported); the tests run them with
-//! 2 heads (head size 32) and token pruner width 64.
+//! See [`check_supported`]: head size 16, 32 or 64, widths multiples of 8,
+//! token pruner widths `D` and `Hs` multiples of 64 (the fused scorer's
+//! tile), head pruners within the head kernel's limits. The built-in
+//! `tiny-*` presets (hidden 64, token pruner width 32) are therefore
+//! [`Error::Unsupported`](crate::Error::Unsupported); the tests run their
+//! [`gpu_variant`]s (token pruner width 64, and 2 heads: head size 32, the
+//! size the real models' kernels share with them).
 
 mod composite;
 mod device_io;

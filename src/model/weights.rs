@@ -22,7 +22,7 @@ fn unsupported(message: String) -> Error {
 }
 
 /// Checks that the GPU kernels support every part of `cfg` (needs no GPU):
-/// head size 32 or 64; hidden, FFN and context widths multiples of 8; for
+/// head size 16, 32 or 64; hidden, FFN and context widths multiples of 8; for
 /// token pruners, `D` and the hidden width `Hs` multiples of 64; for head
 /// pruners, hidden width a multiple of 8 up to 4096, at most 64 heads and
 /// `D + D_other` up to 4096. Anything else is [`Error::Unsupported`].
@@ -94,9 +94,9 @@ pub fn check_supported(cfg: &ModelConfig) -> Result<()> {
     for (s, sc) in cfg.streams.iter().enumerate() {
         let n = &sc.name;
         let dh = sc.head_dim();
-        if dh != 32 && dh != 64 {
+        if ![16, 32, 64].contains(&dh) {
             errs.push(format!(
-                "stream `{n}`: head size {} / {} = {dh}; the attention kernel handles 32 and 64",
+                "stream `{n}`: head size {} / {} = {dh}; the attention kernel handles 16, 32 and 64",
                 sc.hidden, sc.heads
             ));
         }

@@ -1,7 +1,7 @@
 //! Sparse-head ragged attention (`kernels/attention.cu`) against the CPU
 //! reference (`smarttrim::reference::attention::attention`, f32) on the same
-//! f16-rounded inputs: self- and cross-attention, dh 64
-//! and 32, ragged batches of 8 mixing 1..1025 query and 1..1300 key rows, all
+//! f16-rounded inputs: self- and cross-attention, dh 64,
+//! 32 and 16, ragged batches of 8 mixing 1..1025 query and 1..1300 key rows, all
 //! heads / 9-6-3 heads / one head active, NaN-poisoned outputs, inactive
 //! heads exactly zero. Plus an always-running check that no attention kernel
 //! spills registers.
@@ -229,6 +229,16 @@ fn attention_self_d64() {
 #[test]
 fn attention_self_d32() {
     run_family("attention_self_d32", Kind::SelfAttn, 32, &Q_LENS, &[], 22);
+}
+
+#[test]
+fn attention_self_d16() {
+    run_family("attention_self_d16", Kind::SelfAttn, 16, &Q_LENS, &[], 26);
+}
+
+#[test]
+fn attention_cross_d16() {
+    run_family("attention_cross_d16", Kind::Cross, 16, &Q_LENS, &K_LENS, 27);
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! ragged batch of 8, and `meter` at batch 1; both sync policies; dense
 //! mode; keep-everything pruners against dense; the sync counter; repeated
 //! forwards (`SMARTTRIM_FORWARD_REPEATS`, default 50) giving identical keep
-//! decisions with no growth in device memory use.
+//! decisions with no growth in device memory use; the HuggingFace fixtures
+//! (tests/fixtures/hf, real model layouts, head size 16) dense.
 //!
 //! Weights and packed inputs are rounded through f16 first, so both sides
 //! start from the same values. Keep decisions must equal the reference's except near ties
@@ -1031,5 +1032,59 @@ fn forward_on_refuses_a_capturing_stream() {
     for s in [&theirs, &other, &theirs] {
         let got = model.forward_on(s, &mut ws, &inputs, &opts).unwrap();
         assert!(same(&got, &want), "a pass on another stream differs");
+    }
+}
+
+/// The GPU pass on the HuggingFace fixtures `tests/hf_fixtures.rs` checks
+/// the CPU reference with (tests/fixtures/hf: RoBERTa, ViT, CLIP vision,
+/// BLIP's two encoders, METER whole; loaded as they are; head size 16):
+/// dense, weights and packed inputs rounded through f16, against the CPU
+/// reference on the same weights, every stream's final rows, pooled rows,
+/// poolers and logits.
+#[test]
+fn forward_hf_fixtures_match_reference() {
+    let Some(dev) = device("forward_hf_fixtures_match_reference") else {
+        return;
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
+    for name in ["roberta", "vit", "clip_vision", "blip", "meter"] {
+        let dir = root.join(name);
+        let loaded = smarttrim::spec::hf::load_model_dir(&dir, None, None)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let w = round_weights(&loaded.weights);
+        let cfg = w.config.clone();
+        smarttrim::model::check_supported(&cfg).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut inputs =
+            smarttrim::tensor_io::read_inputs(&cfg, dir.join("inputs.safetensors")).unwrap();
+        round_inputs(&mut inputs);
+        let emb: Vec<_> = w.streams.iter().map(|s| s.embeddings.clone()).collect();
+        let cap = Capacity::for_inputs(&prepare_inputs(&cfg, &emb, &inputs, None).unwrap());
+        let model = GpuModel::new(&dev, &w).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut ws = Workspace::new(&model, cap).unwrap();
+        let want = reference::forward(&w, &inputs, &ForwardOptions { dense: true }).unwrap();
+        for graph in [false, true] {
+            let opts = GpuForwardOptions {
+                dense: true,
+                sync: SyncPolicy::UpperBound,
+                graph,
+            };
+            let got = model
+                .forward(&mut ws, &inputs, &opts)
+                .unwrap_or_else(|e| panic!("{name} graph={graph}: {e}"));
+            let what = format!("hf fixture {name} graph={graph}");
+            assert_eq!(
+                compare(&what, &cfg, &got, &want),
+                0,
+                "{what}: no pruner, no tie"
+            );
+            match (&got.logits, &want.logits) {
+                (Some(g), Some(r)) => {
+                    let e = rel_err(g, r);
+                    assert!(e < TOL, "{what}: logits rel err {e:.2e}");
+                }
+                (None, None) => {}
+                _ => panic!("{what}: logits on one side only"),
+            }
+        }
     }
 }

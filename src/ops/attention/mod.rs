@@ -54,7 +54,7 @@ pub struct AttentionShape {
     pub batch: usize,
     /// Heads `H`.
     pub heads: usize,
-    /// Head size `dh` (32 or 64); `D = heads * head_dim`.
+    /// Head size `dh` (16, 32 or 64); `D = heads * head_dim`.
     pub head_dim: usize,
     /// Rows of the query-side buffers (`qkv` or `q`, and `out`).
     pub rows_q: usize,
@@ -124,10 +124,13 @@ pub fn validate_attention(
     bufs: &AttentionBuffers,
 ) -> Result<()> {
     let s = shape;
-    if s.head_dim != 32 && s.head_dim != 64 {
+    if ![16, 32, 64].contains(&s.head_dim) {
         return Err(Error::Unsupported {
             op: OP,
-            message: format!("head_dim = {}: only 32 and 64 are implemented", s.head_dim),
+            message: format!(
+                "head_dim = {}: only 16, 32 and 64 are implemented",
+                s.head_dim
+            ),
         });
     }
     if s.heads == 0 {
@@ -519,7 +522,9 @@ fn launch(dev: &Device, shape: &AttentionShape, r: &RawAttention) -> Result<()> 
     let d = shape.hidden();
     let name = match shape.head_dim {
         64 => "attention_fwd_d64_f16",
-        _ => "attention_fwd_d32_f16",
+        32 => "attention_fwd_d32_f16",
+        // validate_attention admitted only 16, 32 and 64.
+        _ => "attention_fwd_d16_f16",
     };
     let params = AttnParamsC {
         q: io.q,
