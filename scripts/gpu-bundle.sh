@@ -70,6 +70,9 @@ cargo build --release --lib --quiet
   -o "$out/bin/c-example"
 strip "$out/bin/c-example" 2>/dev/null || true
 cp examples/c/tiny-meter-gpu.json "$out/"
+# The HuggingFace fixtures (small) for forward_hf_fixtures_match_reference.
+mkdir -p "$out/fixtures"
+cp -r tests/fixtures/hf "$out/fixtures/"
 
 cp scripts/gpu-run.sh "$out/run.sh"
 cp scripts/torch_baseline.py "$out/"  # the PyTorch baseline run.sh runs when torch is there

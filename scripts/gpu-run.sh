@@ -90,6 +90,8 @@ step() { step_into "$1" "$@"; }
 step info "$here/bin/smarttrim" info --kernels
 
 export SMARTTRIM_REQUIRE_GPU=1
+# The HuggingFace fixtures the GPU pass is checked on (tests/fixtures/hf).
+export SMARTTRIM_HF_FIXTURES="$here/fixtures/hf"
 # The repeated-forward test runs 1000 passes here, a few under the sanitizers.
 repeats="${SMARTTRIM_FORWARD_REPEATS:-1000}"
 tests() {

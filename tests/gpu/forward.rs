@@ -1046,7 +1046,12 @@ fn forward_hf_fixtures_match_reference() {
     let Some(dev) = device("forward_hf_fixtures_match_reference") else {
         return;
     };
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
+    // SMARTTRIM_HF_FIXTURES: where the GPU bundle carries them.
+    let root = std::env::var_os("SMARTTRIM_HF_FIXTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf")
+        });
     for name in ["roberta", "vit", "clip_vision", "blip", "meter"] {
         let dir = root.join(name);
         let loaded = smarttrim::spec::hf::load_model_dir(&dir, None, None)
