@@ -2,7 +2,8 @@
 //! own, graphs off and on, every pass equal to a single-threaded pass; and
 //! the C API the same way, with one handle per thread and with one handle
 //! shared by all threads. 200 passes per thread on a GPU, 10 on the emulated
-//! device (where the driver runs one call at a time).
+//! device (where the driver runs one call at a time);
+//! `SMARTTRIM_CONCURRENCY_PASSES` sets another count.
 
 use std::sync::Arc;
 
@@ -15,7 +16,12 @@ use crate::common::*;
 const THREADS: usize = 8;
 
 fn passes() -> usize {
-    if cpu_sized() {
+    if let Some(n) = std::env::var("SMARTTRIM_CONCURRENCY_PASSES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        n
+    } else if cpu_sized() {
         10
     } else {
         200
