@@ -190,7 +190,9 @@ int smarttrim_forward(struct smarttrim_model *model,
 // context's), replacing any earlier one. [`smarttrim_forward_device`]
 // needs it (it allocates nothing); [`smarttrim_forward`] grows it on
 // demand. The bytes are [`smarttrim_model_workspace_bytes`] plus the
-// cuBLASLt workspace (32 MiB on Hopper).
+// cuBLASLt workspace (32 MiB on Hopper). The earlier workspace is freed
+// after the last pass enqueued with it (stream order). Refused while a CUDA
+// graph recorded with [`smarttrim_forward_device`] still uses the model.
 //
 // # Safety
 //
@@ -206,7 +208,8 @@ int smarttrim_model_reserve(struct smarttrim_model *model,
 // sequences (as [`smarttrim_model_reserve`]), replacing any earlier
 // workspace. The memory is zero-filled here and never freed by smarttrim;
 // only the cuBLASLt workspace (32 MiB on Hopper) is allocated. Passes then
-// allocate nothing ([`smarttrim_forward_device`]).
+// allocate nothing ([`smarttrim_forward_device`]). Refused while a CUDA
+// graph recorded with [`smarttrim_forward_device`] still uses the model.
 //
 // # Safety
 //
@@ -224,8 +227,13 @@ int smarttrim_model_set_workspace(struct smarttrim_model *model,
 // `stream` (NULL: the model's own stream), without allocating and, under
 // `SMARTTRIM_FORWARD_UPPER_BOUND` or with budget-rule pruners, without
 // waiting: the call returns once the work is enqueued, and the outputs are
-// ready in stream order. Works inside the caller's stream capture (the
-// pass must then have no inner wait).
+// ready in stream order. The pass waits (on the device) for the previous
+// pass of the model's workspace, whatever stream that ran on. Works inside
+// the caller's stream capture (the pass must then have no inner wait): the
+// caller's graph then holds the workspace's and the weights' addresses, so
+// [`smarttrim_model_reserve`], [`smarttrim_model_set_workspace`] and
+// [`smarttrim_model_destroy`] are refused (`INVALID_ARGUMENT`) until that
+// graph and every executable graph made from it are destroyed.
 //
 // - `inputs`: `n_inputs` entries, one per config stream: the rows entering
 //   the first layer (streams with embeddings take embedded rows here).

@@ -89,8 +89,13 @@ unsafe fn device_input<'a>(
 /// `stream` (NULL: the model's own stream), without allocating and, under
 /// `SMARTTRIM_FORWARD_UPPER_BOUND` or with budget-rule pruners, without
 /// waiting: the call returns once the work is enqueued, and the outputs are
-/// ready in stream order. Works inside the caller's stream capture (the
-/// pass must then have no inner wait).
+/// ready in stream order. The pass waits (on the device) for the previous
+/// pass of the model's workspace, whatever stream that ran on. Works inside
+/// the caller's stream capture (the pass must then have no inner wait): the
+/// caller's graph then holds the workspace's and the weights' addresses, so
+/// [`smarttrim_model_reserve`], [`smarttrim_model_set_workspace`] and
+/// [`smarttrim_model_destroy`] are refused (`INVALID_ARGUMENT`) until that
+/// graph and every executable graph made from it are destroyed.
 ///
 /// - `inputs`: `n_inputs` entries, one per config stream: the rows entering
 ///   the first layer (streams with embeddings take embedded rows here).

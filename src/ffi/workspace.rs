@@ -13,7 +13,9 @@ use crate::model::Workspace;
 /// context's), replacing any earlier one. [`smarttrim_forward_device`]
 /// needs it (it allocates nothing); [`smarttrim_forward`] grows it on
 /// demand. The bytes are [`smarttrim_model_workspace_bytes`] plus the
-/// cuBLASLt workspace (32 MiB on Hopper).
+/// cuBLASLt workspace (32 MiB on Hopper). The earlier workspace is freed
+/// after the last pass enqueued with it (stream order). Refused while a CUDA
+/// graph recorded with [`smarttrim_forward_device`] still uses the model.
 ///
 /// # Safety
 ///
@@ -48,7 +50,8 @@ pub unsafe extern "C" fn smarttrim_model_reserve(
 /// sequences (as [`smarttrim_model_reserve`]), replacing any earlier
 /// workspace. The memory is zero-filled here and never freed by smarttrim;
 /// only the cuBLASLt workspace (32 MiB on Hopper) is allocated. Passes then
-/// allocate nothing ([`smarttrim_forward_device`]).
+/// allocate nothing ([`smarttrim_forward_device`]). Refused while a CUDA
+/// graph recorded with [`smarttrim_forward_device`] still uses the model.
 ///
 /// # Safety
 ///
