@@ -40,8 +40,8 @@ fn run() -> smarttrim::Result<()> {
     let ctx: Arc<CudaContext> = CudaContext::new(0).map_err(drv("cuCtx"))?;
     let stream = ctx.new_stream().map_err(drv("new stream"))?;
 
-    // The model lives on the same context (its own stream is only used for
-    // the weight upload); every pass below is enqueued on the caller's stream.
+    // The model lives on the same context; every pass below is enqueued on
+    // the caller's stream.
     let dev = Device::with_stream(stream.clone())?;
     println!("{}", dev.info()?);
     let mut cfg = gpu_variant(&preset("tiny-meter")?);
@@ -63,26 +63,32 @@ fn run() -> smarttrim::Result<()> {
         .collect();
     let prep = prepare_inputs(&cfg, &embeddings, &inputs, None)?;
     let mut ws = Workspace::new(&model, Capacity::for_inputs(&prep))?;
-    // Buffers used inside a capture must not carry cudarc's ordering events.
-    // SAFETY: this example orders every use of its buffers by the one stream.
-    unsafe { ctx.disable_event_tracking() };
+    // Buffers used inside a capture must not carry cudarc's ordering events
+    // (made in smarttrim's scope, which never switches tracking back on
+    // under another thread).
     let mut dev_in = Vec::new();
     let mut dev_out = Vec::new();
-    for (sc, p) in cfg.streams.iter().zip(&prep.streams) {
-        let rows: Vec<f16> = p.rows.iter().map(|&v| f16::from_f32(v)).collect();
-        dev_in.push((
-            stream.clone_htod(&rows).map_err(drv("upload"))?,
-            stream.clone_htod(&p.cu_seqlens).map_err(drv("upload"))?,
-        ));
-        dev_out.push((
-            stream
-                .alloc_zeros::<f16>(p.total() * sc.hidden)
-                .map_err(drv("alloc"))?,
-            stream
-                .alloc_zeros::<i32>(prep.batch + 1)
-                .map_err(drv("alloc"))?,
-            stream.alloc_zeros::<i32>(p.total()).map_err(drv("alloc"))?,
-        ));
+    // SAFETY: this example orders every use of its buffers by the one stream.
+    unsafe {
+        dev.without_event_tracking(|| -> Result<(), Error> {
+            for (sc, p) in cfg.streams.iter().zip(&prep.streams) {
+                let rows: Vec<f16> = p.rows.iter().map(|&v| f16::from_f32(v)).collect();
+                dev_in.push((
+                    stream.clone_htod(&rows).map_err(drv("upload"))?,
+                    stream.clone_htod(&p.cu_seqlens).map_err(drv("upload"))?,
+                ));
+                dev_out.push((
+                    stream
+                        .alloc_zeros::<f16>(p.total() * sc.hidden)
+                        .map_err(drv("alloc"))?,
+                    stream
+                        .alloc_zeros::<i32>(prep.batch + 1)
+                        .map_err(drv("alloc"))?,
+                    stream.alloc_zeros::<i32>(p.total()).map_err(drv("alloc"))?,
+                ));
+            }
+            Ok(())
+        })?;
     }
 
     // Record the pass into the caller's graph.
@@ -140,6 +146,11 @@ fn run() -> smarttrim::Result<()> {
     let cu: Vec<i32> = stream.clone_dtoh(&dev_out[0].1).map_err(drv("download"))?;
     println!("text stream's final cu_seqlens (from the caller's buffer): {cu:?}");
     println!("host waits inside the pass: {}", pass.syncs);
+    // The graph holds the workspace's and the weights' addresses: they stay
+    // pinned until it is destroyed (the workspace and model are then freed
+    // normally when they go out of scope).
+    println!("graphs pinning the workspace: {}", ws.graph_pins());
+    drop(graph);
     Ok(())
 }
 

@@ -624,6 +624,18 @@ pub(crate) fn pin_to_capture(
     Ok(true)
 }
 
+/// The pins `pins` counts once the driver has caught up: it releases a
+/// destroyed graph's user objects on an internal thread, shortly after the
+/// destroy returns, so a count above zero is waited on for up to 200 ms.
+pub(crate) fn settled_pins(pins: &std::sync::atomic::AtomicUsize) -> usize {
+    use std::sync::atomic::Ordering;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    while pins.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    pins.load(Ordering::Acquire)
+}
+
 /// The destructor of [`pin_to_capture`]'s user object.
 unsafe extern "C" fn unpin(data: *mut std::ffi::c_void) {
     // SAFETY: `data` came from Box::into_raw in pin_to_capture and the

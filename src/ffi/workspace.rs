@@ -99,16 +99,12 @@ pub unsafe extern "C" fn smarttrim_model_set_workspace(
 /// pins shortly after the graph and its executable graphs are destroyed
 /// (asynchronously), so a release is waited for a moment first.
 pub(super) fn check_unpinned(live: &Live, what: &str) -> Result<(), Fail> {
-    let pins = || {
-        live.model
-            .graph_pins()
-            .max(live.workspace.as_ref().map_or(0, |w| w.graph_pins()))
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
-    while pins() > 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    match pins() {
+    let pins = crate::device::settled_pins(&live.model.pins).max(
+        live.workspace
+            .as_ref()
+            .map_or(0, |w| crate::device::settled_pins(&w.pins)),
+    );
+    match pins {
         0 => Ok(()),
         n => Err(fail(
             SmarttrimStatus::InvalidArgument,

@@ -453,7 +453,7 @@ impl Drop for GpuModel {
         // Every pass ordered the model's stream after itself (PassScope), so
         // the weights' frees, enqueued there, follow every pass. A weight a
         // caller's graph still reads is leaked instead (graph_pins).
-        if self.graph_pins() > 0 {
+        if crate::device::settled_pins(&self.pins) > 0 {
             std::mem::forget(std::mem::take(&mut self.streams));
             std::mem::forget(self.head.take());
             for s in &self.stages {
@@ -605,8 +605,9 @@ impl GpuModel {
     /// addresses: each [`GpuModel::forward_device`] recorded inside the
     /// caller's stream capture pins the model (and the workspace) to that
     /// graph until the graph and every executable graph made from it are
-    /// destroyed. Dropping a pinned model leaks its weights rather than
-    /// freeing memory a graph may still read.
+    /// destroyed (the driver says so a moment after the destroy). Dropping
+    /// a pinned model waits up to 200 ms for that, then leaks its weights
+    /// rather than free memory a graph may still read.
     pub fn graph_pins(&self) -> usize {
         self.pins.load(std::sync::atomic::Ordering::Acquire)
     }

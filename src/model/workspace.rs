@@ -156,9 +156,10 @@ impl Workspace {
     /// [`GpuModel::forward_device`] recorded inside the caller's stream
     /// capture pins the workspace (and the model) to that graph until the
     /// graph and every executable graph instantiated from it are destroyed
-    /// (the driver tells smarttrim through a CUDA user object). Dropping a
-    /// pinned workspace leaks its device memory rather than freeing
-    /// addresses a graph may still write.
+    /// (the driver tells smarttrim through a CUDA user object, on its own
+    /// thread, a moment after the destroy). Dropping a pinned workspace
+    /// waits up to 200 ms for that, then leaks its device memory rather
+    /// than free addresses a graph may still write.
     pub fn graph_pins(&self) -> usize {
         self.pins.load(Ordering::Acquire)
     }
@@ -281,7 +282,8 @@ impl Drop for Workspace {
         if self.used {
             let _ = self.alloc_stream.wait(&self.last_use);
         }
-        let pinned = self.graph_pins() > 0;
+        // A caller's graph just destroyed unpins a moment later.
+        let pinned = crate::device::settled_pins(&self.pins) > 0;
         let streams = std::mem::take(&mut self.streams);
         // SAFETY: each ManuallyDrop field is taken exactly once, here, and
         // the workspace is not used afterwards.
