@@ -142,7 +142,7 @@ pub fn workload(name: &str) -> Result<&'static Workload> {
             "workload",
             format!(
                 "unknown workload `{name}`{}; known workloads: {}",
-                crate::spec::config::nearest(
+                crate::spec::parse::nearest(
                     name,
                     &WORKLOADS.iter().map(|w| w.name).collect::<Vec<_>>()
                 )

@@ -8,8 +8,10 @@
 pub mod config;
 pub mod flops;
 pub mod hf;
+pub(crate) mod parse;
 pub mod presets;
 pub mod schedule;
+mod validate;
 pub mod weights;
 
 pub use config::{

@@ -485,7 +485,7 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
         _ => {
             return Err(Error::Config(format!(
                 "unknown preset `{name}`{}; known presets: {}",
-                super::config::nearest(name, PRESETS)
+                super::parse::nearest(name, PRESETS)
                     .map(|n| format!(" (did you mean `{n}`?)"))
                     .unwrap_or_default(),
                 PRESETS.join(", ")
