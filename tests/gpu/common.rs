@@ -212,3 +212,24 @@ pub fn eventually(cond: impl Fn() -> bool) -> bool {
     }
     cond()
 }
+
+/// `smarttrim_model_create_from_memory` on device 0 with a config's JSON and
+/// a safetensors image: the status and the handle (null on failure).
+pub fn c_create_from_memory(
+    json: &str,
+    bytes: &[u8],
+) -> (i32, *mut smarttrim::ffi::SmarttrimModel) {
+    let mut m = std::ptr::null_mut();
+    // SAFETY: valid buffers for their lengths and a writable out pointer.
+    let st = unsafe {
+        smarttrim::ffi::smarttrim_model_create_from_memory(
+            json.as_ptr().cast(),
+            json.len(),
+            bytes.as_ptr(),
+            bytes.len(),
+            0,
+            &mut m,
+        )
+    };
+    (st, m)
+}

@@ -111,18 +111,7 @@ fn c_api_eight_threads() {
             .collect(),
     );
     let create = |json: &str, bytes: &[u8]| {
-        let mut m = std::ptr::null_mut();
-        // SAFETY: valid buffers for their lengths, a writable out pointer.
-        let st = unsafe {
-            smarttrim_model_create_from_memory(
-                json.as_ptr().cast(),
-                json.len(),
-                bytes.as_ptr(),
-                bytes.len(),
-                0,
-                &mut m,
-            )
-        };
+        let (st, m) = c_create_from_memory(json, bytes);
         assert_eq!(st, 0, "create");
         m
     };

@@ -11,6 +11,22 @@ use crate::common::*;
 
 type NoRows = cudarc::driver::CudaSlice<i32>;
 
+/// What mean_pool and first_token must give for the row ranges `ranges` of
+/// `x` (`d` wide): the f64 mean and the first row, zeros for an empty range
+/// (the reference's rule).
+fn pool_expectations(x: &[f32], d: usize, ranges: &[(usize, usize)]) -> (Vec<f32>, Vec<f32>) {
+    let mut mean = vec![0f32; ranges.len() * d];
+    let mut first = vec![0f32; ranges.len() * d];
+    for (b, &(lo, hi)) in ranges.iter().enumerate() {
+        let m = smarttrim::reference::ops::mean_rows(x, d, lo, hi);
+        mean[b * d..(b + 1) * d].copy_from_slice(&m);
+        if hi > lo {
+            first[b * d..(b + 1) * d].copy_from_slice(&x[lo * d..(lo + 1) * d]);
+        }
+    }
+    (mean, first)
+}
+
 #[test]
 fn bias_gelu_and_residual_match_cpu() {
     let Some(dev) = device("bias_gelu_and_residual_match_cpu") else {
@@ -64,17 +80,10 @@ fn pooling_matches_cpu() {
             let total = *cu.last().unwrap() as usize;
             let batch = lens.len();
             let x = round_f16(&rng.normals(total * d, 1.0, 0.5));
-            let mut want = vec![0f32; batch * d];
-            let mut want_first = vec![0f32; batch * d];
-            for b in 0..batch {
-                let (lo, hi) = (cu[b] as usize, cu[b + 1] as usize);
-                let m = smarttrim::reference::ops::mean_rows(&x, d, lo, hi);
-                want[b * d..(b + 1) * d].copy_from_slice(&m);
-                // An empty sequence pools to zeros (the reference's rule).
-                if hi > lo {
-                    want_first[b * d..(b + 1) * d].copy_from_slice(&x[lo * d..(lo + 1) * d]);
-                }
-            }
+            let ranges: Vec<_> = (0..batch)
+                .map(|b| (cu[b] as usize, cu[b + 1] as usize))
+                .collect();
+            let (want, want_first) = pool_expectations(&x, d, &ranges);
             let x_d = stream.clone_htod(&to_f16(&x)).unwrap();
             let cu_d = stream.clone_htod(&cu).unwrap();
             let shape = PoolShape {
@@ -122,17 +131,13 @@ fn pooling_clamps_inconsistent_cu_seqlens() {
     ] {
         let batch = bad.len() - 1;
         let clamp = |v: i32, lo: usize| (v.max(0) as usize).min(total).max(lo);
-        let mut want = vec![0f32; batch * d];
-        let mut want_first = vec![0f32; batch * d];
-        for b in 0..batch {
-            let lo = clamp(bad[b], 0);
-            let hi = clamp(bad[b + 1], lo);
-            let m = smarttrim::reference::ops::mean_rows(&x, d, lo, hi);
-            want[b * d..(b + 1) * d].copy_from_slice(&m);
-            if hi > lo {
-                want_first[b * d..(b + 1) * d].copy_from_slice(&x[lo * d..(lo + 1) * d]);
-            }
-        }
+        let ranges: Vec<_> = (0..batch)
+            .map(|b| {
+                let lo = clamp(bad[b], 0);
+                (lo, clamp(bad[b + 1], lo))
+            })
+            .collect();
+        let (want, want_first) = pool_expectations(&x, d, &ranges);
         let cu_d = stream.clone_htod(&bad).unwrap();
         let shape = PoolShape {
             batch,

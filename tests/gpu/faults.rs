@@ -204,21 +204,7 @@ fn injected_failures_through_the_c_api() {
         let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
         String::from_utf8_lossy(&buf[..end]).into_owned()
     };
-    let create = || {
-        let mut m = std::ptr::null_mut();
-        // SAFETY: valid buffers for their lengths and a writable out pointer.
-        let st = unsafe {
-            smarttrim_model_create_from_memory(
-                json.as_ptr().cast(),
-                json.len(),
-                bytes.as_ptr(),
-                bytes.len(),
-                0,
-                &mut m,
-            )
-        };
-        (st, m)
-    };
+    let create = || c_create_from_memory(&json, &bytes);
     let forward = |m| {
         // SAFETY: a live handle (or a null/destroyed one, which is reported)
         // and inputs as documented.
