@@ -13,11 +13,12 @@ namespace {
 
 constexpr const char* kName = "smarttrim emulated device (CPU)";
 
-bool valid_device(CUdevice d) { return d == 0 && config().devices > 0; }
+bool valid_device(CUdevice d) { return d >= 0 && d < config().devices; }
 
-// Destroys everything the primary context owns (its last reference went).
-void reset_primary() {
-    Context& c = primary();
+// Destroys everything device `dev`'s primary context owns (its last
+// reference went).
+void reset_primary(CUdevice dev) {
+    Context& c = primary(dev);
     drain_all(c);
     for (Capture* cap : std::set<Capture*>(captures())) {
         if (cap->origin != nullptr && cap->origin->ctx == &c) {
@@ -181,7 +182,7 @@ EMU_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext* pctx, CUdevice dev) {
     EMU_API("cuDevicePrimaryCtxRetain");
     if (pctx == nullptr) return CUDA_ERROR_INVALID_VALUE;
     if (!valid_device(dev)) return CUDA_ERROR_INVALID_DEVICE;
-    Context& c = primary();
+    Context& c = primary(dev);
     if (c.refcount == 0) c.active = true;
     ++c.refcount;
     *pctx = reinterpret_cast<CUcontext>(&c);
@@ -191,9 +192,9 @@ EMU_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext* pctx, CUdevice dev) {
 EMU_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
     EMU_API("cuDevicePrimaryCtxRelease_v2");
     if (!valid_device(dev)) return CUDA_ERROR_INVALID_DEVICE;
-    Context& c = primary();
+    Context& c = primary(dev);
     if (c.refcount == 0) return CUDA_ERROR_INVALID_CONTEXT;
-    if (--c.refcount == 0) reset_primary();
+    if (--c.refcount == 0) reset_primary(dev);
     return CUDA_SUCCESS;
 }
 
@@ -202,16 +203,16 @@ EMU_EXPORT CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int* flags
     if (flags == nullptr || active == nullptr) return CUDA_ERROR_INVALID_VALUE;
     if (!valid_device(dev)) return CUDA_ERROR_INVALID_DEVICE;
     *flags = 0;
-    *active = primary().active ? 1 : 0;
+    *active = primary(dev).active ? 1 : 0;
     return CUDA_SUCCESS;
 }
 
 EMU_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
     EMU_API("cuDevicePrimaryCtxReset_v2");
     if (!valid_device(dev)) return CUDA_ERROR_INVALID_DEVICE;
-    Context& c = primary();
+    Context& c = primary(dev);
     const int refs = c.refcount;
-    reset_primary();
+    reset_primary(dev);
     if (refs > 0) c.active = true;
     return CUDA_SUCCESS;
 }
@@ -225,8 +226,10 @@ EMU_EXPORT CUresult cuCtxGetCurrent(CUcontext* pctx) {
 
 EMU_EXPORT CUresult cuCtxSetCurrent(CUcontext ctx) {
     EMU_API("cuCtxSetCurrent");
-    if (ctx != nullptr && reinterpret_cast<Context*>(ctx) != &primary()) {
-        return CUDA_ERROR_INVALID_CONTEXT;
+    if (ctx != nullptr) {
+        bool known = false;
+        for (int d = 0; d < kMaxDevices; ++d) known = known || reinterpret_cast<Context*>(ctx) == &primary(d);
+        if (!known) return CUDA_ERROR_INVALID_CONTEXT;
     }
     set_current(reinterpret_cast<Context*>(ctx));
     return CUDA_SUCCESS;
@@ -236,8 +239,9 @@ EMU_EXPORT CUresult cuCtxGetDevice(CUdevice* device) {
     EMU_API("cuCtxGetDevice");
     if (device == nullptr) return CUDA_ERROR_INVALID_VALUE;
     CUresult err = CUDA_SUCCESS;
-    if (checked_current(&err) == nullptr && err == CUDA_ERROR_INVALID_CONTEXT) return err;
-    *device = 0;
+    Context* c = checked_current(&err);
+    if (c == nullptr && err == CUDA_ERROR_INVALID_CONTEXT) return err;
+    *device = c != nullptr ? c->device : current()->device;
     return CUDA_SUCCESS;
 }
 

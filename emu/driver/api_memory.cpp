@@ -123,7 +123,12 @@ EMU_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytes) {
 EMU_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
     EMU_API("cuMemFree_v2");
     if (dptr == 0) return CUDA_SUCCESS;
-    Context& c = primary();
+    // The context that owns the allocation (unified addressing).
+    Context* owner = current() != nullptr ? current() : &primary(0);
+    for (Context* x : active_contexts()) {
+        if (x->allocs.count(static_cast<uintptr_t>(dptr)) != 0) owner = x;
+    }
+    Context& c = *owner;
     if (!c.active) return CUDA_ERROR_INVALID_CONTEXT;
     if (CUresult r = forbid_in_capture(c, "cuMemFree_v2"); r != CUDA_SUCCESS) return r;
     auto it = c.allocs.find(static_cast<uintptr_t>(dptr));
@@ -207,8 +212,13 @@ EMU_EXPORT CUresult cuMemAllocHost_v2(void** pp, size_t bytes) {
 
 EMU_EXPORT CUresult cuMemFreeHost(void* p) {
     EMU_API("cuMemFreeHost");
-    Context& c = primary();
-    if (c.host_allocs.erase(reinterpret_cast<uintptr_t>(p)) == 0) return CUDA_ERROR_INVALID_VALUE;
+    Context* owner = nullptr;
+    for (Context* x : active_contexts()) {
+        if (x->host_allocs.count(reinterpret_cast<uintptr_t>(p)) != 0) owner = x;
+    }
+    if (owner == nullptr) return CUDA_ERROR_INVALID_VALUE;
+    Context& c = *owner;
+    c.host_allocs.erase(reinterpret_cast<uintptr_t>(p));
     drain_all(c);
     std::free(p);
     emu::count(emu::Counter::Frees);
@@ -270,8 +280,9 @@ EMU_EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) 
     CUresult r = cuMemcpyDtoDAsync_v2(dst, src, n, nullptr);
     if (r != CUDA_SUCCESS) return r;
     std::lock_guard<std::recursive_mutex> g(lock());
-    drain_all(primary());
-    return primary().sticky;
+    Context& c = current() != nullptr ? *current() : primary(0);
+    drain_all(c);
+    return c.sticky;
 }
 
 namespace {
@@ -312,6 +323,7 @@ EMU_EXPORT CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n) {
     CUresult r = cuMemsetD8Async(dst, v, n, nullptr);
     if (r != CUDA_SUCCESS) return r;
     std::lock_guard<std::recursive_mutex> g(lock());
-    drain_all(primary());
-    return primary().sticky;
+    Context& c = current() != nullptr ? *current() : primary(0);
+    drain_all(c);
+    return c.sticky;
 }

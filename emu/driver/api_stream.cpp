@@ -46,7 +46,7 @@ void leave_capture(Capture& cap) {
         j->capture = nullptr;
         j->unjoined_node = -1;
     }
-    Context& c = primary();
+    Context& c = cap.origin != nullptr ? *cap.origin->ctx : primary(0);
     for (Event* e : c.events) {
         if (e->captured == &cap) {
             e->captured = nullptr;

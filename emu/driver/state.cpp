@@ -53,7 +53,9 @@ const Config& config() {
         c.poison = env_flag("SMARTTRIM_EMU_POISON", true);
         c.abort_on_fault = env_flag("SMARTTRIM_EMU_ABORT", false);
         c.trace = env_flag("SMARTTRIM_EMU_TRACE", false);
-        if (const char* d = std::getenv("SMARTTRIM_EMU_DEVICES")) c.devices = std::atoi(d) > 0 ? 1 : 0;
+        if (const char* d = std::getenv("SMARTTRIM_EMU_DEVICES")) {
+            c.devices = std::min(std::max(std::atoi(d), 0), kMaxDevices);
+        }
         if (const char* m = std::getenv("SMARTTRIM_EMU_MEMORY_MB")) {
             const unsigned long long mb = std::strtoull(m, nullptr, 10);
             if (mb > 0) c.memory = mb << 20;
@@ -94,9 +96,31 @@ thread_local Context* t_current = nullptr;
 bool initialized() { return g_initialized.load(); }
 void set_initialized() { g_initialized.store(true); }
 
-Context& primary() {
-    static auto* c = new Context();
-    return *c;
+Context& primary(int dev) {
+    static auto* c = [] {
+        auto* a = new std::array<Context, kMaxDevices>();
+        for (int i = 0; i < kMaxDevices; ++i) (*a)[i].device = i;
+        return a;
+    }();
+    return (*c)[static_cast<size_t>(std::min(std::max(dev, 0), kMaxDevices - 1))];
+}
+
+std::vector<Context*> active_contexts() {
+    std::vector<Context*> out;
+    for (int i = 0; i < kMaxDevices; ++i) {
+        if (primary(i).active) out.push_back(&primary(i));
+    }
+    return out;
+}
+
+namespace {
+thread_local Context* t_executing = nullptr;
+}
+
+Context& executing_context() {
+    if (t_executing != nullptr) return *t_executing;
+    if (current() != nullptr) return *current();
+    return primary(0);
 }
 
 Context* current() { return t_current; }
@@ -119,22 +143,27 @@ Stream* stream_of(CUstream s, Context* ctx) {
         }
         return ctx->null_stream.get();
     }
-    Context& p = primary();
-    if (!p.active) return nullptr;
-    auto it = p.streams.find(reinterpret_cast<Stream*>(s));
-    return it == p.streams.end() ? nullptr : it->second.get();
+    for (Context* p : active_contexts()) {
+        auto it = p->streams.find(reinterpret_cast<Stream*>(s));
+        if (it != p->streams.end()) return it->second.get();
+    }
+    return nullptr;
 }
 
 Event* event_of(CUevent e) {
-    Context& p = primary();
     auto* ev = reinterpret_cast<Event*>(e);
-    return p.active && p.events.count(ev) != 0 ? ev : nullptr;
+    for (Context* p : active_contexts()) {
+        if (p->events.count(ev) != 0) return ev;
+    }
+    return nullptr;
 }
 
 Module* module_of(CUmodule m) {
-    Context& p = primary();
     auto* mod = reinterpret_cast<Module*>(m);
-    return p.active && p.modules.count(mod) != 0 ? mod : nullptr;
+    for (Context* p : active_contexts()) {
+        if (p->modules.count(mod) != 0) return mod;
+    }
+    return nullptr;
 }
 
 std::set<Function*>& functions() {
@@ -286,7 +315,12 @@ void drain(Stream& s, uint64_t upto) {
         for (const Prereq& p : op.prereqs) {
             if (p.stream) drain(*p.stream, p.seq);
         }
-        if (s.ctx->sticky == CUDA_SUCCESS && op.fn) op.fn();
+        if (s.ctx->sticky == CUDA_SUCCESS && op.fn) {
+            Context* outer = t_executing;
+            t_executing = s.ctx;
+            op.fn();
+            t_executing = outer;
+        }
         s.done_seq = op.seq;
     }
 }
@@ -472,13 +506,13 @@ CUresult enqueue_host_op(CUstream stream, const char* what, std::function<void()
 
 bool device_range_ok(const void* p, size_t bytes) {
     std::lock_guard<std::recursive_mutex> g(drv::lock());
-    drv::Context& ctx = drv::primary();
+    drv::Context& ctx = drv::executing_context();
     return ctx.active && drv::find_alloc(ctx, reinterpret_cast<uintptr_t>(p), bytes) != nullptr;
 }
 
 void device_fault(const char* what, const std::string& message) {
     std::lock_guard<std::recursive_mutex> g(drv::lock());
-    drv::fault(drv::primary(), CUDA_ERROR_ILLEGAL_ADDRESS, std::string(what) + ": " + message);
+    drv::fault(drv::executing_context(), CUDA_ERROR_ILLEGAL_ADDRESS, std::string(what) + ": " + message);
 }
 
 CUresult context_status() {

@@ -25,11 +25,14 @@
 
 namespace emu::drv {
 
+// At most this many emulated devices (SMARTTRIM_EMU_DEVICES).
+constexpr int kMaxDevices = 4;
+
 // ---- configuration (environment, read once) ----
 struct Config {
     bool deferred = true;      // SMARTTRIM_EMU_STREAMS=deferred|eager
     bool pools = true;         // SMARTTRIM_EMU_POOLS=1|0: cuMemAllocAsync supported
-    int devices = 1;           // SMARTTRIM_EMU_DEVICES (0 to test "no device")
+    int devices = 1;           // SMARTTRIM_EMU_DEVICES: 0 ("no device") .. kMaxDevices
     uint64_t memory = 16ull << 30;  // SMARTTRIM_EMU_MEMORY_MB
     bool poison = true;        // SMARTTRIM_EMU_POISON=0: new allocations not NaN-filled
     bool abort_on_fault = false;  // SMARTTRIM_EMU_ABORT=1
@@ -155,6 +158,7 @@ struct GraphExec {
 };
 
 struct Context {
+    int device = 0;    // the device ordinal it belongs to
     int refcount = 0;  // primary-context retains
     bool active = false;
     CUresult sticky = CUDA_SUCCESS;
@@ -172,8 +176,13 @@ std::recursive_mutex& lock();
 bool initialized();
 void set_initialized();
 
-// The primary context of device 0 (one device).
-Context& primary();
+// The primary context of device `dev` (0 .. kMaxDevices - 1).
+Context& primary(int dev = 0);
+// Every primary context that is active.
+std::vector<Context*> active_contexts();
+// The context whose stream work the calling thread is running (set while a
+// queued operation runs), else the current one, else device 0's.
+Context& executing_context();
 // The calling thread's current context, or null.
 Context* current();
 void set_current(Context* c);

@@ -1093,3 +1093,92 @@ fn forward_hf_fixtures_match_reference() {
         }
     }
 }
+
+/// A workspace of another device's model, and a stream of another device,
+/// are refused with `InvalidArgument` before anything is enqueued; the
+/// model then still runs. Needs two devices: on the emulated device (one by
+/// default) it runs in a child process with `SMARTTRIM_EMU_DEVICES=2`; on a
+/// one-GPU machine it is skipped.
+#[test]
+fn another_devices_workspace_or_stream_is_refused() {
+    let Some(_dev) = device("another_devices_workspace_or_stream_is_refused") else {
+        return;
+    };
+    if smarttrim::device::device_count().unwrap_or(0) >= 2 {
+        return two_devices_check();
+    }
+    if crate::emu::Emu::get().is_none() {
+        eprintln!("skipped another_devices_workspace_or_stream_is_refused: one GPU only");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "forward::two_devices_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("SMARTTRIM_EMU_DEVICES", "2")
+        .env("SMARTTRIM_TWO_DEVICES_CHILD", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the child failed:\n{text}");
+    assert!(text.contains("refused across devices"), "{text}");
+}
+
+/// The child of [`another_devices_workspace_or_stream_is_refused`].
+#[test]
+#[ignore = "run by another_devices_workspace_or_stream_is_refused in a child process"]
+fn two_devices_child() {
+    if std::env::var("SMARTTRIM_TWO_DEVICES_CHILD").is_ok() {
+        two_devices_check();
+    }
+}
+
+fn two_devices_check() {
+    use smarttrim::device::Device;
+    let (cfg, w, inputs) = small_cross_model(43);
+    let (d0, d1) = (Device::open(0).unwrap(), Device::open(1).unwrap());
+    let (m0, m1) = (
+        GpuModel::new(&d0, &w).unwrap(),
+        GpuModel::new(&d1, &w).unwrap(),
+    );
+    let cap = capacity(&cfg, &w, &inputs);
+    let (mut ws0, mut ws1) = (
+        Workspace::new(&m0, cap.clone()).unwrap(),
+        Workspace::new(&m1, cap).unwrap(),
+    );
+    let opts = GpuForwardOptions {
+        dense: false,
+        sync: SyncPolicy::UpperBound,
+        graph: false,
+    };
+    let want = m0.forward(&mut ws0, &inputs, &opts).unwrap();
+    let e = m0
+        .forward(&mut ws1, &inputs, &opts)
+        .expect_err("a workspace of device 1 with a model of device 0");
+    assert!(matches!(e, smarttrim::Error::InvalidArgument { .. }), "{e}");
+    let e2 = m0
+        .forward_on(d1.stream(), &mut ws0, &inputs, &opts)
+        .expect_err("a stream of device 1 with a model of device 0");
+    assert!(
+        matches!(e2, smarttrim::Error::InvalidArgument { .. }),
+        "{e2}"
+    );
+    let e3 = m0
+        .forward_on(d0.stream(), &mut ws1, &inputs, &opts)
+        .expect_err("a workspace of device 1 on a stream of device 0");
+    assert!(
+        matches!(e3, smarttrim::Error::InvalidArgument { .. }),
+        "{e3}"
+    );
+    let again = m0.forward(&mut ws0, &inputs, &opts).unwrap();
+    assert!(same(&again, &want), "the model after the refusals");
+    assert!(same(&m1.forward(&mut ws1, &inputs, &opts).unwrap(), &want));
+    println!("refused across devices: {e}; {e2}; {e3}");
+}

@@ -61,6 +61,12 @@ impl GpuModel {
         inputs: &Inputs,
         opts: &GpuForwardOptions,
     ) -> Result<GpuOutputs> {
+        if *ws.ctx != **self.dev.context() {
+            return Err(Error::invalid(
+                "GpuModel::forward",
+                "the workspace was made for a model on another device (CUDA context)",
+            ));
+        }
         // The workspace's own stream: passes of one model on several
         // threads (each with its workspace) never share a stream.
         let stream = ws.stream.clone();
