@@ -110,6 +110,25 @@ impl GpuModel {
                  (device buffers) instead",
             ));
         }
+        // Both kinds of model: the workspace must be this model's, and a
+        // graph needs a pass without host waits (checked before anything is
+        // enqueued).
+        if WorkspaceLayout::new(cfg, &ws.capacity)? != ws.layout
+            || ws.stages.len() != self.stages.len()
+        {
+            return Err(Error::invalid(
+                FWD,
+                "the workspace was allocated for a different model",
+            ));
+        }
+        if opts.graph && !self.graph_capturable(opts) {
+            return Err(Error::invalid(
+                FWD,
+                "graph capture needs a pass without host waits: use SyncPolicy::UpperBound, \
+                 or budget-rule token pruners only (SyncPolicy::ReadCounts waits for the row \
+                 counts of threshold-rule pruners)",
+            ));
+        }
         let scope = PassScope::begin(ws, stream, false)?;
         let out = if cfg.is_composite() {
             self.forward_composite(stream, ws, inputs, opts)?
@@ -128,22 +147,7 @@ impl GpuModel {
         inputs: &Inputs,
         opts: &GpuForwardOptions,
     ) -> Result<GpuOutputs> {
-        const FWD: &str = "GpuModel::forward";
         let cfg = &self.config;
-        if WorkspaceLayout::new(cfg, &ws.capacity)? != ws.layout {
-            return Err(Error::invalid(
-                FWD,
-                "the workspace was allocated for a different model",
-            ));
-        }
-        if opts.graph && !self.graph_capturable(opts) {
-            return Err(Error::invalid(
-                FWD,
-                "graph capture needs a pass without host waits: use SyncPolicy::UpperBound, \
-                 or budget-rule token pruners only (SyncPolicy::ReadCounts waits for the row \
-                 counts of threshold-rule pruners)",
-            ));
-        }
         let prep = validate_inputs(cfg, &self.embeddings, inputs, Some(&ws.capacity))?;
         let shape = PassShape::of(&prep, inputs);
         upload(dev, cfg, ws, inputs, &prep)?;
