@@ -233,17 +233,7 @@ pub unsafe extern "C" fn smarttrim_forward_device(
                 orig_index: o.as_view_mut(),
             })
             .collect();
-        let Live {
-            model,
-            workspace,
-            stats,
-            device_pass,
-        } = &mut *live;
-        let ws = workspace
-            .as_mut()
-            .ok_or_else(|| fail(SmarttrimStatus::InvalidArgument, "no workspace"))?;
-        *stats = None;
-        *device_pass = None;
+        let (model, ws) = live.begin_pass()?;
         let pass = model.forward_device(
             dev.stream(),
             ws,
@@ -252,7 +242,7 @@ pub unsafe extern "C" fn smarttrim_forward_device(
             &mut douts,
             &options(flags),
         )?;
-        *device_pass = Some((pass, stream as usize));
+        live.device_pass = Some((pass, stream as usize));
         Ok(())
     })
 }

@@ -27,6 +27,21 @@ pub(super) struct Live {
     pub(super) device_pass: Option<(crate::model::DevicePass, usize)>,
 }
 
+impl Live {
+    /// Starts a pass: the model and its workspace (`INVALID_ARGUMENT`
+    /// without a workspace, the last statistics kept); the last pass's
+    /// statistics are then forgotten (a failing pass leaves none).
+    pub(super) fn begin_pass(&mut self) -> Result<(&GpuModel, &mut Workspace), Fail> {
+        let ws = self
+            .workspace
+            .as_mut()
+            .ok_or_else(|| fail(SmarttrimStatus::InvalidArgument, "no workspace"))?;
+        self.stats = None;
+        self.device_pass = None;
+        Ok((&self.model, ws))
+    }
+}
+
 pub(super) type Handle = Arc<Mutex<Live>>;
 
 fn registry() -> MutexGuard<'static, HashMap<usize, Handle>> {

@@ -184,19 +184,9 @@ pub unsafe extern "C" fn smarttrim_forward(
                 .map_err(|e| Error::driver("ordering after the caller's stream", e))?;
         }
         let opts = options(flags);
-        let Live {
-            model,
-            workspace,
-            stats,
-            device_pass,
-        } = &mut *live;
-        let ws = workspace
-            .as_mut()
-            .ok_or_else(|| fail(SmarttrimStatus::InvalidArgument, "no workspace"))?;
-        *stats = None;
-        *device_pass = None;
+        let (model, ws) = live.begin_pass()?;
         let out = model.forward(ws, &inputs, &opts)?;
-        *stats = Some(collect_stats(&out.stats(), batch));
+        live.stats = Some(collect_stats(&out.stats(), batch));
         Ok(())
     })
 }
