@@ -233,3 +233,21 @@ pub fn c_create_from_memory(
     };
     (st, m)
 }
+
+/// Runs the `#[ignore]`d test `test` of this test executable in a child
+/// process with `env` set (for what must not touch this process's context);
+/// asserts that it passed and returns what it printed.
+pub fn run_child_test(test: &str, env: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--ignored", "--nocapture"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the child {test} failed:\n{text}");
+    text
+}

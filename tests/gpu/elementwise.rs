@@ -2,6 +2,7 @@
 //! against f64 CPU versions and `reference::ops`.
 
 use half::f16;
+use smarttrim::device::Device;
 use smarttrim::ops::{
     bias_gelu, bias_residual, first_token, mean_pool, ColsShape, PoolOut, PoolShape,
 };
@@ -11,20 +12,49 @@ use crate::common::*;
 
 type NoRows = cudarc::driver::CudaSlice<i32>;
 
-/// What mean_pool and first_token must give for the row ranges `ranges` of
-/// `x` (`d` wide): the f64 mean and the first row, zeros for an empty range
-/// (the reference's rule).
-fn pool_expectations(x: &[f32], d: usize, ranges: &[(usize, usize)]) -> (Vec<f32>, Vec<f32>) {
-    let mut mean = vec![0f32; ranges.len() * d];
-    let mut first = vec![0f32; ranges.len() * d];
+/// Runs mean_pool (f32 and f16 outputs) and first_token on `x` (`total`
+/// rows of `d`) with the device `cu` (`batch + 1` entries), and checks them
+/// against the rows `ranges` of `x`, per sequence, that they must pool: the
+/// f64 mean and the first row, zeros for an empty range (the reference's
+/// rule).
+fn check_pooling(
+    dev: &Device,
+    x: &[f32],
+    d: usize,
+    cu: &[i32],
+    ranges: &[(usize, usize)],
+    what: &str,
+) {
+    let stream = dev.stream().clone();
+    let batch = ranges.len();
+    let mut want = vec![0f32; batch * d];
+    let mut want_first = vec![0f32; batch * d];
     for (b, &(lo, hi)) in ranges.iter().enumerate() {
         let m = smarttrim::reference::ops::mean_rows(x, d, lo, hi);
-        mean[b * d..(b + 1) * d].copy_from_slice(&m);
+        want[b * d..(b + 1) * d].copy_from_slice(&m);
         if hi > lo {
-            first[b * d..(b + 1) * d].copy_from_slice(&x[lo * d..(lo + 1) * d]);
+            want_first[b * d..(b + 1) * d].copy_from_slice(&x[lo * d..(lo + 1) * d]);
         }
     }
-    (mean, first)
+    let x_d = stream.clone_htod(&to_f16(x)).unwrap();
+    let cu_d = stream.clone_htod(cu).unwrap();
+    let shape = PoolShape {
+        batch,
+        total_rows: x.len() / d,
+        d,
+    };
+    let mut o32 = stream.clone_htod(&vec![f32::NAN; batch * d]).unwrap();
+    mean_pool(dev, shape, &x_d, &cu_d, PoolOut::F32(&mut o32)).unwrap();
+    let err = rel_err(&stream.clone_dtoh(&o32).unwrap(), &want);
+    assert!(err < 1e-4, "mean_pool f32 {what}: {err}");
+    let mut o16 = stream.clone_htod(&nan_f16(batch * d)).unwrap();
+    mean_pool(dev, shape, &x_d, &cu_d, PoolOut::F16(&mut o16)).unwrap();
+    let err = rel_err(&from_f16(&stream.clone_dtoh(&o16).unwrap()), &want);
+    assert!(err < 3e-3, "mean_pool f16 {what}: {err}");
+    let mut of = stream.clone_htod(&nan_f16(batch * d)).unwrap();
+    first_token(dev, shape, &x_d, &cu_d, &mut of).unwrap();
+    let got: Vec<f32> = from_f16(&stream.clone_dtoh(&of).unwrap());
+    assert_eq!(got, want_first, "first_token {what}");
 }
 
 #[test]
@@ -72,40 +102,19 @@ fn pooling_matches_cpu() {
     let Some(dev) = device("pooling_matches_cpu") else {
         return;
     };
-    let stream = dev.stream().clone();
     let mut rng = Rng::new(22);
     for lens in length_sets() {
         for d in [64usize, 768] {
             let cu = cu_of(&lens);
             let total = *cu.last().unwrap() as usize;
-            let batch = lens.len();
             let x = round_f16(&rng.normals(total * d, 1.0, 0.5));
-            let ranges: Vec<_> = (0..batch)
-                .map(|b| (cu[b] as usize, cu[b + 1] as usize))
+            let ranges: Vec<_> = cu
+                .windows(2)
+                .map(|w| (w[0] as usize, w[1] as usize))
                 .collect();
-            let (want, want_first) = pool_expectations(&x, d, &ranges);
-            let x_d = stream.clone_htod(&to_f16(&x)).unwrap();
-            let cu_d = stream.clone_htod(&cu).unwrap();
-            let shape = PoolShape {
-                batch,
-                total_rows: total,
-                d,
-            };
-            let mut o32 = stream.clone_htod(&vec![f32::NAN; batch * d]).unwrap();
-            mean_pool(&dev, shape, &x_d, &cu_d, PoolOut::F32(&mut o32)).unwrap();
-            let err = rel_err(&stream.clone_dtoh(&o32).unwrap(), &want);
-            assert!(err < 1e-4, "mean_pool f32 lens={lens:?} d={d}: {err}");
-            let mut o16 = stream.clone_htod(&nan_f16(batch * d)).unwrap();
-            mean_pool(&dev, shape, &x_d, &cu_d, PoolOut::F16(&mut o16)).unwrap();
-            let err = rel_err(&from_f16(&stream.clone_dtoh(&o16).unwrap()), &want);
-            assert!(err < 3e-3, "mean_pool f16 lens={lens:?} d={d}: {err}");
-            let mut of = stream.clone_htod(&nan_f16(batch * d)).unwrap();
-            first_token(&dev, shape, &x_d, &cu_d, &mut of).unwrap();
-            let got: Vec<f32> = from_f16(&stream.clone_dtoh(&of).unwrap());
-            assert_eq!(got, want_first, "first_token lens={lens:?} d={d}");
+            check_pooling(&dev, &x, d, &cu, &ranges, &format!("lens={lens:?} d={d}"));
         }
     }
-    let _ = f16::ZERO;
 }
 
 /// A device `cu_seqlens` that disagrees with the host bound (past the rows,
@@ -117,11 +126,9 @@ fn pooling_clamps_inconsistent_cu_seqlens() {
     let Some(dev) = device("pooling_clamps_inconsistent_cu_seqlens") else {
         return;
     };
-    let stream = dev.stream().clone();
     let (total, d) = (24usize, 64usize);
     let mut rng = Rng::new(23);
     let x = round_f16(&rng.normals(total * d, 1.0, 0.5));
-    let x_d = stream.clone_htod(&to_f16(&x)).unwrap();
     for bad in [
         vec![0i32, 10, 1_000_000],
         vec![0, -50, 20],
@@ -129,29 +136,15 @@ fn pooling_clamps_inconsistent_cu_seqlens() {
         vec![30, 40, 50],
         vec![-1_000_000, 0, i32::MAX],
     ] {
-        let batch = bad.len() - 1;
         let clamp = |v: i32, lo: usize| (v.max(0) as usize).min(total).max(lo);
-        let ranges: Vec<_> = (0..batch)
-            .map(|b| {
-                let lo = clamp(bad[b], 0);
-                (lo, clamp(bad[b + 1], lo))
+        let ranges: Vec<_> = bad
+            .windows(2)
+            .map(|w| {
+                let lo = clamp(w[0], 0);
+                (lo, clamp(w[1], lo))
             })
             .collect();
-        let (want, want_first) = pool_expectations(&x, d, &ranges);
-        let cu_d = stream.clone_htod(&bad).unwrap();
-        let shape = PoolShape {
-            batch,
-            total_rows: total,
-            d,
-        };
-        let mut o32 = stream.clone_htod(&vec![f32::NAN; batch * d]).unwrap();
-        mean_pool(&dev, shape, &x_d, &cu_d, PoolOut::F32(&mut o32)).unwrap();
-        let err = rel_err(&stream.clone_dtoh(&o32).unwrap(), &want);
-        assert!(err < 1e-4, "mean_pool cu={bad:?}: {err}");
-        let mut of = stream.clone_htod(&nan_f16(batch * d)).unwrap();
-        first_token(&dev, shape, &x_d, &cu_d, &mut of).unwrap();
-        let got: Vec<f32> = from_f16(&stream.clone_dtoh(&of).unwrap());
-        assert_eq!(got, want_first, "first_token cu={bad:?}");
+        check_pooling(&dev, &x, d, &bad, &ranges, &format!("cu={bad:?}"));
     }
 }
 

@@ -320,23 +320,10 @@ fn a_kernel_fault_is_reported_by_its_pass() {
         eprintln!("skipped a_kernel_fault_is_reported_by_its_pass: needs the emulated device");
         return;
     }
-    let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "faults::kernel_fault_child",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("SMARTTRIM_FAULT_CHILD", "1")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let text = run_child_test(
+        "faults::kernel_fault_child",
+        &[("SMARTTRIM_FAULT_CHILD", "1")],
     );
-    assert!(out.status.success(), "the child failed:\n{text}");
     assert!(text.contains("kernel fault reported by its pass"), "{text}");
 }
 

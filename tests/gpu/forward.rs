@@ -1111,23 +1111,13 @@ fn another_devices_workspace_or_stream_is_refused() {
         eprintln!("skipped another_devices_workspace_or_stream_is_refused: one GPU only");
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "forward::two_devices_child",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("SMARTTRIM_EMU_DEVICES", "2")
-        .env("SMARTTRIM_TWO_DEVICES_CHILD", "1")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let text = run_child_test(
+        "forward::two_devices_child",
+        &[
+            ("SMARTTRIM_EMU_DEVICES", "2"),
+            ("SMARTTRIM_TWO_DEVICES_CHILD", "1"),
+        ],
     );
-    assert!(out.status.success(), "the child failed:\n{text}");
     assert!(text.contains("refused across devices"), "{text}");
 }
 
