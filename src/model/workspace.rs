@@ -6,9 +6,7 @@ use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use cudarc::driver::{
-    CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits,
-};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits};
 use half::f16;
 
 use super::layout::{align_up, stage_capacity, Capacity, WorkspaceLayout, ARENA_ALIGN, OP};
@@ -108,8 +106,6 @@ pub struct Workspace {
     /// The stream the buffers were allocated on (the model's): their frees
     /// are enqueued there.
     pub(crate) alloc_stream: Arc<CudaStream>,
-    /// The context the buffers belong to.
-    pub(crate) ctx: Arc<CudaContext>,
     /// Recorded at the end of every pass (also one that failed midway) on
     /// the stream it ran on; the next pass on any stream, and the frees of
     /// the buffers, are ordered after it ([`PassScope`]).
@@ -341,7 +337,7 @@ impl PassScope {
         stream: &Arc<CudaStream>,
         capturing: bool,
     ) -> Result<Self> {
-        if *ws.ctx != **stream.context() {
+        if ws.stream.context() != stream.context() {
             return Err(Error::invalid(
                 OP,
                 "the workspace belongs to another CUDA context (device) than the stream",
@@ -698,7 +694,6 @@ impl Workspace {
             graphs: Vec::new(),
             head,
             stages: Vec::new(),
-            ctx: stream.context().clone(),
             alloc_stream: stream.clone(),
             stream: own.stream,
             last_use: own.last_use,

@@ -61,7 +61,7 @@ impl GpuModel {
         inputs: &Inputs,
         opts: &GpuForwardOptions,
     ) -> Result<GpuOutputs> {
-        if *ws.ctx != **self.dev.context() {
+        if **ws.stream.context() != **self.dev.context() {
             return Err(Error::invalid(
                 "GpuModel::forward",
                 "the workspace was made for a model on another device (CUDA context)",
